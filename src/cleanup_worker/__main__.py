@@ -1,0 +1,3 @@
+from cleanup_worker.cli import main
+
+main()

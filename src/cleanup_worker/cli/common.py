@@ -1,0 +1,48 @@
+"""What every command shares: settings with a one-line failure, and exit codes for our errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from cleanup_worker.errors import AlreadyRunning, CleanupError, ConfigurationError, SafetyValveError
+from cleanup_worker.logging import configure_logging
+from cleanup_worker.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_REFUSED = 3
+
+
+def fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"cleanup-worker: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit(*, needs_kafka: bool = False) -> Settings:
+    """Loads settings and logging; a bad setting ends the process with one line and exit 2."""
+    try:
+        settings = load_settings()
+        if needs_kafka:
+            settings.require_kafka()
+    except ConfigurationError as exc:
+        fail(f"configuration error: {exc}", EXIT_CONFIG)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a command's coroutine, mapping our errors to exit codes without tracebacks."""
+    try:
+        return asyncio.run(coro)
+    except ConfigurationError as exc:
+        fail(f"configuration error: {exc}", EXIT_CONFIG)
+    except (SafetyValveError, AlreadyRunning) as exc:
+        fail(str(exc), EXIT_REFUSED)
+    except CleanupError as exc:
+        fail(str(exc), EXIT_FAILED)

@@ -1,0 +1,127 @@
+"""All configuration, read once from `CLEANUP_*` environment variables (and an optional `.env`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cleanup_worker.domain.events import EventTypes
+from cleanup_worker.errors import ConfigurationError
+
+ENV_PREFIX = "CLEANUP_"
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    # Operators write `a,b` in a Deployment, not JSON; accept both.
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """One object, built at start-up and passed down; nothing else reads the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: SecretStr = Field(description="PostgreSQL DSN (postgresql://user:pw@host/db)")
+    database_pool_size: int = Field(default=4, ge=1, le=100)
+    database_connect_timeout_s: float = Field(default=60.0, gt=0)
+    database_statement_timeout_ms: int = Field(default=30_000, ge=100)
+
+    kafka_bootstrap_servers: str | None = None
+    kafka_topics: CommaList = Field(default_factory=lambda: ["account-membership"], min_length=1)
+    kafka_group_id: str = Field(default="api-key-cleanup", min_length=1)
+    dlq_topic: str = Field(default="account-membership.dlq", min_length=1)
+    kafka_client_id: str = "cleanup-worker"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: FilePath | None = None
+    kafka_ssl_certfile: FilePath | None = None
+    kafka_ssl_keyfile: FilePath | None = None
+
+    event_types_added: CommaList = Field(
+        default_factory=lambda: ["account.member.added"], min_length=1
+    )
+    event_types_removed: CommaList = Field(
+        default_factory=lambda: ["account.member.removed"], min_length=1
+    )
+    max_event_bytes: int = Field(default=65_536, ge=256, le=10_485_760)
+
+    batch_max_records: int = Field(default=500, ge=1, le=100_000)
+    batch_wait_ms: int = Field(default=100, ge=0, le=60_000)
+    shutdown_grace_s: float = Field(default=25.0, gt=0)
+    rebalance_drain_s: float = Field(default=10.0, gt=0)
+    liveness_timeout_s: float = Field(default=60.0, gt=0)
+    retry_max_wait_s: float = Field(default=10.0, gt=0)
+
+    http_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
+    http_port: int = Field(default=8080, ge=0, le=65_535)
+
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    _split = field_validator(
+        "kafka_topics", "event_types_added", "event_types_removed", mode="before"
+    )(_split_commas)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        # Never echo the value back: it usually carries a password.
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if set(self.event_types_added) & set(self.event_types_removed):
+            raise ValueError("event_types_added and event_types_removed overlap")
+        if self.dlq_topic in self.kafka_topics:
+            raise ValueError("dlq_topic must not be one of kafka_topics")
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+            raise ValueError(
+                "kafka_sasl_mechanism and kafka_sasl_username are required with SASL_*"
+            )
+        return self
+
+    @property
+    def event_types(self) -> EventTypes:
+        return EventTypes(
+            added=frozenset(self.event_types_added), removed=frozenset(self.event_types_removed)
+        )
+
+    def require_kafka(self) -> str:
+        """The bootstrap servers, for commands that talk to Kafka."""
+        if not self.kafka_bootstrap_servers:
+            raise ConfigurationError(
+                f"{ENV_PREFIX}KAFKA_BOOTSTRAP_SERVERS: required for this command"
+            )
+        return self.kafka_bootstrap_servers
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    """Builds the settings, turning validation errors into one line that names the variable."""
+    try:
+        if env_file is None:
+            return Settings()
+        return Settings(_env_file=env_file)
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{name}: {first['msg']}{more}"

@@ -1,0 +1,95 @@
+"""Settings: parsed once from CLEANUP_* variables; a bad one is named in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cleanup_worker.errors import ConfigurationError
+from cleanup_worker.settings import load_settings
+
+DB = "postgresql://u:pw@127.0.0.1:5432/db"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os  # noqa: PLC0415
+
+    for name in list(os.environ):
+        if name.startswith("CLEANUP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir("/")  # no stray .env
+
+
+def test_topics_accept_a_plain_comma_separated_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLEANUP_KAFKA_TOPICS=a, b becomes two topics."""
+    monkeypatch.setenv("CLEANUP_DATABASE_URL", DB)
+    monkeypatch.setenv("CLEANUP_KAFKA_TOPICS", "a, b")
+    assert load_settings().kafka_topics == ["a", "b"]
+
+
+def test_defaults_follow_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group id defaults to api-key-cleanup and the default type names are the design's."""
+    monkeypatch.setenv("CLEANUP_DATABASE_URL", DB)
+    settings = load_settings()
+    assert settings.kafka_group_id == "api-key-cleanup"
+    assert settings.event_types.removed == frozenset({"account.member.removed"})
+
+
+def test_type_names_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Producers' own type names can be listed, comma-separated."""
+    monkeypatch.setenv("CLEANUP_DATABASE_URL", DB)
+    monkeypatch.setenv("CLEANUP_EVENT_TYPES_REMOVED", "user.left,member.deleted")
+    assert load_settings().event_types.removed == frozenset({"user.left", "member.deleted"})
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "CLEANUP_DATABASE_URL"),
+        ({"CLEANUP_DATABASE_URL": "mysql://x"}, "CLEANUP_DATABASE_URL"),
+        ({"CLEANUP_DATABASE_URL": DB, "CLEANUP_HTTP_PORT": "70000"}, "CLEANUP_HTTP_PORT"),
+        ({"CLEANUP_DATABASE_URL": DB, "CLEANUP_LOG_FORMAT": "xml"}, "CLEANUP_LOG_FORMAT"),
+        ({"CLEANUP_DATABASE_URL": DB, "CLEANUP_KAFKA_TOPICS": ""}, "CLEANUP_KAFKA_TOPICS"),
+        (
+            {"CLEANUP_DATABASE_URL": DB, "CLEANUP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "kafka_sasl_mechanism",
+        ),
+    ],
+)
+def test_bad_setting_is_named(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    """A missing or invalid setting raises one ConfigurationError naming it."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigurationError, match=named):
+        load_settings()
+
+
+def test_password_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error for a bad database URL does not repeat the URL (it may hold a password)."""
+    monkeypatch.setenv("CLEANUP_DATABASE_URL", "mysql://user:hunter2@db/x")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value)
+
+
+def test_cli_bad_setting_prints_one_line_and_exits_2() -> None:
+    """`cleanup-worker run` with a bad setting: one line on stderr, no traceback, exit code 2."""
+    env = {"PATH": "/usr/bin:/bin", "CLEANUP_DATABASE_URL": DB, "CLEANUP_BATCH_MAX_RECORDS": "x"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cleanup_worker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "CLEANUP_BATCH_MAX_RECORDS" in lines[0]
+    assert "Traceback" not in result.stderr
