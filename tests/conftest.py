@@ -1,0 +1,114 @@
+"""Fixtures: real services, a fresh database and fresh topics for every test that asks."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from cleanup_worker.adapters.migrator import migrate
+from cleanup_worker.settings import Settings
+from tests.services import HOW_TO, Services, discover
+
+TEMPLATE_DB = "cleanup_worker_test_template"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _build_template(admin_url: str) -> None:
+    try:
+        conn = await asyncpg.connect(admin_url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"{HOW_TO}\ncannot connect to PostgreSQL: {exc}", pytrace=False)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    finally:
+        await conn.close()
+    template = await asyncpg.connect(with_database(admin_url, TEMPLATE_DB))
+    try:
+        await migrate(template)
+    finally:
+        await template.close()
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """The real PostgreSQL and Kafka for this test session, migrated template included."""
+    with ExitStack() as stack:
+        found = discover(stack)
+        asyncio.run(_build_template(found.database_url))
+        yield found
+
+
+@pytest.fixture
+async def database_url(services: Services) -> AsyncIterator[str]:
+    """A fresh, migrated database of its own for one test."""
+    name = f"cw_test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    finally:
+        await admin.close()
+    yield with_database(services.database_url, name)
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Any]:
+    """A connection to this test's database, for arranging and asserting."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def topics(services: Services) -> tuple[str, str]:
+    """A fresh events topic (3 partitions) and its dead-letter topic for one test."""
+    suffix = uuid.uuid4().hex[:12]
+    events, dlq = f"test-events-{suffix}", f"test-dlq-{suffix}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap_servers)
+    try:
+        await asyncio.wait_for(admin.start(), 30)
+    except (OSError, TimeoutError) as exc:
+        pytest.fail(f"{HOW_TO}\ncannot reach Kafka: {exc!r}", pytrace=False)
+    try:
+        await admin.create_topics(
+            [NewTopic(events, 3, 1), NewTopic(dlq, 1, 1)], validate_only=False
+        )
+    finally:
+        await admin.close()
+    return events, dlq
+
+
+@pytest.fixture
+def settings(database_url: str, services: Services, topics: tuple[str, str]) -> Settings:
+    """Settings for a worker on this test's database and topics, in its own consumer group."""
+    events, dlq = topics
+    return Settings(
+        database_url=database_url,  # type: ignore[arg-type]  # pydantic converts to SecretStr
+        kafka_bootstrap_servers=services.kafka_bootstrap_servers,
+        kafka_topics=[events],
+        dlq_topic=dlq,
+        kafka_group_id=f"test-group-{uuid.uuid4().hex[:8]}",
+        http_port=0,
+        http_host="127.0.0.1",
+        log_format="json",
+        batch_wait_ms=50,
+        retry_max_wait_s=0.5,
+        shutdown_grace_s=10,
+    )

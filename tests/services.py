@@ -1,0 +1,102 @@
+"""Where the tests get a real PostgreSQL and a real Kafka broker (DESIGN §6).
+
+In order: the `CLEANUP_DATABASE_URL` / `CLEANUP_KAFKA_BOOTSTRAP_SERVERS` the caller set; else
+testcontainers when a Docker engine answers; else the project's own `scripts/dev-services`
+(started here if it is not up). Nothing is ever skipped: without a service the tests fail
+and say how to get one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HOW_TO = (
+    "no PostgreSQL/Kafka for the tests: run `scripts/dev-services up` (or `make services`), "
+    "or set CLEANUP_DATABASE_URL and CLEANUP_KAFKA_BOOTSTRAP_SERVERS"
+)
+
+
+@dataclass(frozen=True)
+class Services:
+    database_url: str
+    kafka_bootstrap_servers: str
+    origin: str
+
+
+def _from_environment() -> Services | None:
+    db = os.environ.get("CLEANUP_DATABASE_URL")
+    kafka = os.environ.get("CLEANUP_KAFKA_BOOTSTRAP_SERVERS")
+    if db and kafka:
+        return Services(db, kafka, "environment")
+    return None
+
+
+def _docker_answers() -> bool:
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]  # noqa: PLC0415 - only when wanted
+
+        client = docker.from_env(timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - no engine, for whatever reason, means "use something else"
+        return False
+    return True
+
+
+def _from_testcontainers(stack: ExitStack) -> Services:
+    from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+    from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+
+    postgres = stack.enter_context(PostgresContainer("postgres:17", driver=None))
+    kafka = stack.enter_context(KafkaContainer("apache/kafka:4.1.1").with_kraft())
+    return Services(postgres.get_connection_url(), kafka.get_bootstrap_server(), "testcontainers")
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip().removeprefix("export ").strip()
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _from_dev_services() -> Services:
+    script = ROOT / "scripts" / "dev-services"
+    # Output goes to a file, not a pipe: the daemons it starts must not hold our pipe open.
+    with tempfile.TemporaryFile(mode="w+") as output:
+        result = subprocess.run(
+            [str(script), "up"], stdout=output, stderr=subprocess.STDOUT, check=False, timeout=600
+        )
+        output.seek(0)
+        printed = output.read()
+    env_file = ROOT / ".dev" / "env"
+    if result.returncode != 0 or not env_file.exists():
+        tail = "\n".join(printed.splitlines()[-15:])
+        pytest.fail(f"{HOW_TO}\n`scripts/dev-services up` failed:\n{tail}", pytrace=False)
+    values = _read_env_file(env_file)
+    return Services(
+        values["CLEANUP_DATABASE_URL"], values["CLEANUP_KAFKA_BOOTSTRAP_SERVERS"], "dev-services"
+    )
+
+
+def discover(stack: ExitStack) -> Services:
+    found = _from_environment()
+    if found:
+        return found
+    if _docker_answers():
+        return _from_testcontainers(stack)
+    return _from_dev_services()
