@@ -1,0 +1,88 @@
+"""Versioned SQL migrations shipped as package data, applied under an advisory lock."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from cleanup_worker.errors import MigrationError
+from cleanup_worker.logging import get_logger
+
+log = get_logger(__name__)
+
+# Any constant will do; it only has to be the same for every pod of this product.
+MIGRATION_LOCK_KEY = 0x636C65616E7570  # "cleanup"
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("cleanup_worker.migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration versions in {versions}")
+    return found
+
+
+async def migrate(conn: Any) -> list[Migration]:
+    """Applies what is missing, each file in its own transaction; returns what it applied.
+
+    Several pods may run this at once: the session advisory lock makes them take turns,
+    and whoever comes second finds nothing left to do.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(_BOOKKEEPING)
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        applied = {row["version"]: row for row in rows}
+        done: list[Migration] = []
+        for migration in available_migrations():
+            previous = applied.get(migration.version)
+            if previous is not None:
+                if previous["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{previous['name']} was changed "
+                        "after it was applied; add a new migration instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            log.info("db.migration.applied", version=migration.version, name=migration.name)
+            done.append(migration)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)

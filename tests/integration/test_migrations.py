@@ -1,0 +1,128 @@
+"""`cleanup-worker migrate` against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from cleanup_worker.adapters.migrator import available_migrations, migrate
+from cleanup_worker.errors import MigrationError
+from tests.conftest import with_database
+from tests.services import Services
+
+
+@pytest.fixture
+async def empty_database_url(services: Services) -> Any:
+    name = f"cw_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield with_database(services.database_url, name)
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def _migrate(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return len(await migrate(conn))
+    finally:
+        await conn.close()
+
+
+async def test_second_migrate_changes_nothing(empty_database_url: str) -> None:
+    """Running migrate twice applies everything once, then nothing."""
+    assert await _migrate(empty_database_url) == len(available_migrations())
+    assert await _migrate(empty_database_url) == 0
+
+
+async def test_concurrent_migrates_both_succeed(empty_database_url: str) -> None:
+    """Several pods migrating at once all succeed and the schema is applied exactly once."""
+    counts = await asyncio.gather(*(_migrate(empty_database_url) for _ in range(3)))
+    assert sorted(counts) == [0, 0, len(available_migrations())]
+    conn = await asyncpg.connect(empty_database_url)
+    rows = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+    await conn.close()
+    assert rows == len(available_migrations())
+
+
+async def test_changed_applied_migration_is_an_error(db: Any) -> None:
+    """A migration edited after it was applied is refused rather than silently skipped."""
+    await db.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        await migrate(db)
+
+
+async def test_contract_tables_exist_with_their_columns(db: Any) -> None:
+    """The DESIGN §4 tables carry exactly the contract columns."""
+    rows = await db.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_name IN ('api_keys', 'account_memberships') ORDER BY ordinal_position"
+    )
+    columns: dict[str, list[str]] = {}
+    for row in rows:
+        columns.setdefault(row["table_name"], []).append(row["column_name"])
+    assert columns["api_keys"] == [
+        "id", "account_id", "iam_id", "name", "key_hash", "created_at",
+        "revoked_at", "revocation_reason", "revoked_by",
+    ]  # fmt: skip
+    assert columns["account_memberships"] == [
+        "account_id", "iam_id", "state", "member_since", "changed_at",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+async def as_worker_role(db: Any) -> Any:
+    """A connection to the test database that acts with only the worker role's privileges."""
+    await db.execute(
+        "INSERT INTO api_keys (id, account_id, iam_id, key_hash) VALUES ($1, 'a', 'u', 'h')",
+        uuid.uuid4(),
+    )
+    await db.execute("SET ROLE cleanup_worker")
+    yield db
+    await db.execute("RESET ROLE")
+
+
+async def test_worker_role_can_revoke_keys(as_worker_role: Any) -> None:
+    """The least-privilege role may set the revocation columns."""
+    status = await as_worker_role.execute(
+        "UPDATE api_keys SET revoked_at = now(), revocation_reason = 'orphaned', "
+        "revoked_by = 'backfill:x'"
+    )
+    assert status == "UPDATE 1"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO api_keys (id, account_id, iam_id, key_hash) "
+        "VALUES (gen_random_uuid(), 'a', 'u', 'h')",
+        "DELETE FROM api_keys",
+        "UPDATE api_keys SET key_hash = 'other'",
+        "UPDATE api_keys SET created_at = now()",
+        "DROP TABLE api_keys",
+    ],
+)
+async def test_worker_role_cannot_create_delete_or_rewrite_keys(
+    as_worker_role: Any, statement: str
+) -> None:
+    """The least-privilege role cannot create, delete or alter keys beyond revoking them."""
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await as_worker_role.execute(statement)
+
+
+async def test_worker_role_keeps_its_own_tables(as_worker_role: Any) -> None:
+    """The worker role writes membership rows and its ledger."""
+    await as_worker_role.execute(
+        "INSERT INTO account_memberships (account_id, iam_id, state, changed_at) "
+        "VALUES ('a', 'u', 'removed', now())"
+    )
+    await as_worker_role.execute(
+        "INSERT INTO membership_events (source, event_id, account_id, iam_id, change, "
+        "event_time, event_type) VALUES ('s', 'i', 'a', 'u', 'removed', now(), 't')"
+    )
