@@ -1,0 +1,104 @@
+"""The dead-letter topic: what failed, byte for byte, with where it came from and why."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import stamina
+from aiokafka.errors import KafkaError
+
+from cleanup_worker import __version__
+from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.logging import get_logger
+from cleanup_worker.observability import metrics
+
+log = get_logger(__name__)
+
+# Provenance headers, added after the record's own headers (which are kept, ce_* included).
+H_TOPIC = "dlq.original.topic"
+H_PARTITION = "dlq.original.partition"
+H_OFFSET = "dlq.original.offset"
+H_TIMESTAMP = "dlq.original.timestamp"
+H_KEY = "dlq.original.key"
+H_GROUP = "dlq.consumer.group"
+H_ERROR_CLASS = "dlq.error.class"
+H_ERROR_MESSAGE = "dlq.error.message"
+H_VERSION = "dlq.worker.version"
+H_FAILED_AT = "dlq.failed.at"
+PROVENANCE_HEADERS = frozenset(
+    {H_TOPIC, H_PARTITION, H_OFFSET, H_TIMESTAMP, H_KEY, H_GROUP, H_ERROR_CLASS,
+     H_ERROR_MESSAGE, H_VERSION, H_FAILED_AT}
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a record could not be applied; the message is safe to log (no payload)."""
+
+    error_class: str
+    message: str
+
+
+def provenance_headers(record: Record, group: str, failure: Failure) -> list[tuple[str, bytes]]:
+    values = {
+        H_TOPIC: record.topic,
+        H_PARTITION: str(record.partition),
+        H_OFFSET: str(record.offset),
+        H_TIMESTAMP: str(record.timestamp_ms),
+        H_GROUP: group,
+        H_ERROR_CLASS: failure.error_class,
+        H_ERROR_MESSAGE: failure.message[:1000],
+        H_VERSION: __version__,
+        H_FAILED_AT: str(int(time.time() * 1000)),
+    }
+    headers = [(name, value.encode()) for name, value in values.items()]
+    if record.key is not None:
+        headers.append((H_KEY, record.key))
+    return headers
+
+
+def decode_provenance(headers: Mapping[str, bytes | None]) -> dict[str, str]:
+    return {
+        name: (value or b"").decode("utf-8", "replace")
+        for name, value in headers.items()
+        if name in PROVENANCE_HEADERS
+    }
+
+
+class DeadLetterPublisher:
+    """Publishes to the dead-letter topic, retrying until the broker has it.
+
+    The caller commits the original offset only after `publish` returns, so a dead letter
+    is never lost between the two topics.
+    """
+
+    def __init__(self, producer: Any, topic: str, group: str, retry_max_wait_s: float) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._group = group
+        self._retry_max_wait_s = retry_max_wait_s
+
+    async def publish(self, record: Record, failure: Failure) -> None:
+        own = [(name, value) for name, value in record.headers if name not in PROVENANCE_HEADERS]
+        headers = own + provenance_headers(record, self._group, failure)
+        async for attempt in stamina.retry_context(
+            on=KafkaError, attempts=None, timeout=None, wait_max=self._retry_max_wait_s
+        ):
+            with attempt:
+                if attempt.num > 1:
+                    log.warning("dlq.publish.retry", attempt=attempt.num)
+                await self._producer.send_and_wait(
+                    self._topic, value=record.value, key=record.key, headers=headers
+                )
+        metrics.DEAD_LETTERS.labels(failure.error_class).inc()
+        log.warning(
+            "dlq.published",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_class=failure.error_class,
+            error=failure.message,
+        )

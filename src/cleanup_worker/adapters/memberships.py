@@ -1,0 +1,129 @@
+"""SQL for the membership side of a batch: member locks, the event ledger, baselines, rows (R3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from cleanup_worker.domain.events import Change, MembershipEvent
+from cleanup_worker.domain.rules import HistoryEntry, Membership, State
+
+Member = tuple[str, str]
+
+
+def _columns(members: Iterable[Member]) -> tuple[list[str], list[str]]:
+    accounts, iam_ids = [], []
+    for account_id, iam_id in members:
+        accounts.append(account_id)
+        iam_ids.append(iam_id)
+    return accounts, iam_ids
+
+
+# Sorted so that two transactions needing overlapping members cannot deadlock on these locks;
+# PostgreSQL evaluates the volatile lock function after the ORDER BY.
+_LOCK_MEMBERS = """
+SELECT pg_advisory_xact_lock(k)
+FROM (SELECT DISTINCT hashtextextended(a || chr(31) || u, 7) AS k
+      FROM unnest($1::text[], $2::text[]) AS m(a, u)) AS keys
+ORDER BY k
+"""
+
+
+async def lock_members(conn: Any, members: Sequence[Member]) -> None:
+    """Serialises work on the same members across replicas until this transaction ends."""
+    await conn.execute(_LOCK_MEMBERS, *_columns(members))
+
+
+_CAPTURE_BASELINES = """
+INSERT INTO membership_baselines (account_id, iam_id, state, member_since, changed_at)
+SELECT m.account_id, m.iam_id, m.state, m.member_since, m.changed_at
+FROM account_memberships AS m
+JOIN unnest($1::text[], $2::text[]) AS t(account_id, iam_id) USING (account_id, iam_id)
+WHERE NOT EXISTS (
+    SELECT 1 FROM membership_events AS e
+    WHERE e.account_id = m.account_id AND e.iam_id = m.iam_id
+)
+ON CONFLICT DO NOTHING
+"""
+
+
+async def capture_baselines(conn: Any, members: Sequence[Member]) -> None:
+    """R3: a row that predates every event of its member is kept as that member's baseline."""
+    await conn.execute(_CAPTURE_BASELINES, *_columns(members))
+
+
+_RECORD_EVENTS = """
+INSERT INTO membership_events (source, event_id, account_id, iam_id, change, event_time,
+                               event_type, kafka_topic, kafka_partition, kafka_offset)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::bigint[])
+ON CONFLICT (source, event_id) DO NOTHING
+RETURNING source, event_id
+"""
+
+
+async def record_events(
+    conn: Any, events: Sequence[MembershipEvent], origins: Sequence[tuple[str, int, int] | None]
+) -> set[tuple[str, str]]:
+    """Adds the events to the ledger; returns the identities that were not there before."""
+    columns: list[list[Any]] = [[] for _ in range(10)]
+    for event, origin in zip(events, origins, strict=True):
+        topic, partition, offset = origin if origin else (None, None, None)
+        row = (event.source, event.id, event.account_id, event.iam_id, event.change.value,
+               event.time, event.type, topic, partition, offset)  # fmt: skip
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    rows = await conn.fetch(_RECORD_EVENTS, *columns)
+    return {(row["source"], row["event_id"]) for row in rows}
+
+
+_HISTORY = """
+SELECT e.account_id, e.iam_id, e.change, e.event_time, e.event_id, e.source
+FROM membership_events AS e
+JOIN unnest($1::text[], $2::text[]) AS t(account_id, iam_id) USING (account_id, iam_id)
+"""
+
+_BASELINES = """
+SELECT b.account_id, b.iam_id, b.state, b.member_since, b.changed_at
+FROM membership_baselines AS b
+JOIN unnest($1::text[], $2::text[]) AS t(account_id, iam_id) USING (account_id, iam_id)
+"""
+
+
+async def load_histories(
+    conn: Any, members: Sequence[Member]
+) -> tuple[dict[Member, Membership], dict[Member, list[HistoryEntry]]]:
+    """The baseline and the whole event history of each member, as R3 needs them."""
+    accounts, iam_ids = _columns(members)
+    baselines = {
+        (row["account_id"], row["iam_id"]): Membership(
+            State(row["state"]), row["member_since"], row["changed_at"]
+        )
+        for row in await conn.fetch(_BASELINES, accounts, iam_ids)
+    }
+    histories: dict[Member, list[HistoryEntry]] = {member: [] for member in members}
+    for row in await conn.fetch(_HISTORY, accounts, iam_ids):
+        histories[(row["account_id"], row["iam_id"])].append(
+            HistoryEntry(Change(row["change"]), row["event_time"], row["event_id"], row["source"])
+        )
+    return baselines, histories
+
+
+_UPSERT_MEMBERSHIPS = """
+INSERT INTO account_memberships AS m (account_id, iam_id, state, member_since, changed_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+ON CONFLICT (account_id, iam_id) DO UPDATE
+SET state = EXCLUDED.state, member_since = EXCLUDED.member_since, changed_at = EXCLUDED.changed_at
+WHERE (m.state, m.member_since, m.changed_at)
+      IS DISTINCT FROM (EXCLUDED.state, EXCLUDED.member_since, EXCLUDED.changed_at)
+RETURNING 1
+"""
+
+
+async def write_memberships(conn: Any, rows: Mapping[Member, Membership]) -> int:
+    """Stores the derived rows; returns how many actually changed."""
+    accounts, iam_ids = _columns(rows)
+    states = [row.state.value for row in rows.values()]
+    since = [row.member_since for row in rows.values()]
+    changed = [row.changed_at for row in rows.values()]
+    return len(await conn.fetch(_UPSERT_MEMBERSHIPS, accounts, iam_ids, states, since, changed))

@@ -1,0 +1,63 @@
+"""The `run` process's HTTP surface: /livez, /readyz, /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cleanup_worker.observability import metrics
+from cleanup_worker.observability.health import Health
+
+
+class HealthServer:
+    """A small aiohttp server with an explicit start and stop."""
+
+    def __init__(
+        self, health: Health, database_ping: Callable[[], Awaitable[bool]], host: str, port: int
+    ) -> None:
+        self._health = health
+        self._ping = database_ping
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def _livez(self, _: web.Request) -> web.Response:
+        live = self._health.is_live()
+        body = f"{'ok' if live else 'wedged'}: last poll {self._health.seconds_since_poll():.1f}s"
+        return web.Response(status=200 if live else 503, text=body + "\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        self._health.database_ok = await self._ping()
+        ready = self._health.is_ready()
+        metrics.READY.set(1 if ready else 0)
+        body = (
+            f"{'ready' if ready else 'not ready'}: "
+            f"partitions={self._health.assigned_partitions} "
+            f"database={'ok' if self._health.database_ok else 'unreachable'}"
+        )
+        return web.Response(status=200 if ready else 503, text=body + "\n")
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(metrics.REGISTRY))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        # With port 0 (tests) the OS picks one; report what we got.
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

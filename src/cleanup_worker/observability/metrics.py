@@ -1,0 +1,71 @@
+"""Every Prometheus metric the product exposes, in one place. Names start with `cleanup_`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS = Counter(
+    "cleanup_events",
+    "Membership events seen, by CloudEvent type and outcome "
+    "(applied, duplicate, ignored, dead_lettered).",
+    ["type", "outcome"],
+    registry=REGISTRY,
+)
+KEYS_REVOKED = Counter(
+    "cleanup_keys_revoked", "API keys revoked, by reason.", ["reason"], registry=REGISTRY
+)
+MEMBERSHIPS_CHANGED = Counter(
+    "cleanup_memberships_changed", "account_memberships rows written.", registry=REGISTRY
+)
+BATCH_DURATION = Histogram(
+    "cleanup_batch_duration_seconds",
+    "Time to apply one batch, from fetch to offset commit.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "cleanup_batch_records",
+    "Records in one batch.",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+    registry=REGISTRY,
+)
+REVOCATION_LAG = Histogram(
+    "cleanup_revocation_lag_seconds",
+    "From a removal's CloudEvent time to the commit of the transaction that applied it.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "cleanup_consumer_lag",
+    "Records between the committed offset and the high-water mark, per partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+DB_RETRIES = Counter(
+    "cleanup_db_retries",
+    "Database operations retried after a transient error, by error class.",
+    ["error"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "cleanup_dead_letters",
+    "Records published to the dead-letter topic, by error class.",
+    ["error"],
+    registry=REGISTRY,
+)
+ISOLATED_FAILURES = Counter(
+    "cleanup_isolated_failures",
+    "Events that failed on their own after their batch failed (then dead-lettered).",
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "cleanup_ready", "1 when partitions are assigned and the database answers.", registry=REGISTRY
+)
+BACKFILL_SCANNED = Counter(
+    "cleanup_backfill_keys_scanned", "Keys the backfill examined.", registry=REGISTRY
+)
+BACKFILL_REVOKED = Counter(
+    "cleanup_backfill_keys_revoked", "Keys the backfill revoked.", registry=REGISTRY
+)
