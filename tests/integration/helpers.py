@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -11,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from cleanup_worker.bootstrap import WorkerProcess
 from cleanup_worker.domain.events import Change, MembershipEvent
@@ -165,3 +168,101 @@ async def running_worker(settings: Settings) -> AsyncIterator[WorkerProcess]:
     finally:
         process.request_stop()
         await asyncio.wait_for(task, timeout=settings.shutdown_grace_s + 5)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a `cleanup-worker` subprocess needs to act like `settings`."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CLEANUP_DATABASE_URL": settings.database_url.get_secret_value(),
+        "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": settings.require_kafka(),
+        "CLEANUP_KAFKA_TOPICS": ",".join(settings.kafka_topics),
+        "CLEANUP_DLQ_TOPIC": settings.dlq_topic,
+        "CLEANUP_KAFKA_GROUP_ID": settings.kafka_group_id,
+        "CLEANUP_HTTP_PORT": "0",
+        "CLEANUP_HTTP_HOST": "127.0.0.1",
+        "CLEANUP_LOG_FORMAT": "json",
+        "CLEANUP_RETRY_MAX_WAIT_S": "0.5",
+    }
+    env.update(extra)
+    return env
+
+
+async def spawn_worker(settings: Settings, **extra: str) -> asyncio.subprocess.Process:
+    """`cleanup-worker run` as a real process (so it can be SIGTERMed or SIGKILLed)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cleanup_worker",
+        "run",
+        env=worker_env(settings, **extra),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def committed_offsets(settings: Settings) -> dict[int, int]:
+    """The live group's committed offset per partition of the events topic."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(settings.kafka_group_id)
+    finally:
+        await admin.close()
+    topic = settings.kafka_topics[0]
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+
+
+async def end_offsets(settings: Settings, topic: str | None = None) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        name = topic or settings.kafka_topics[0]
+        partitions = await topic_partitions(settings, name)
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def read_topic(settings: Settings, topic: str) -> list[Any]:
+    """Every record now in `topic` (all partitions), oldest first per partition."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(settings, topic)
+        ends = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for items in batch.values():
+                records.extend(items)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def database_state(db: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Keys (id, revoked?, reason) and membership rows: what the rules decide."""
+    keys = await db.fetch(
+        "SELECT id, revoked_at IS NOT NULL AS revoked, revocation_reason FROM api_keys ORDER BY id"
+    )
+    rows = await db.fetch(
+        "SELECT account_id, iam_id, state, member_since, changed_at FROM account_memberships "
+        "ORDER BY account_id, iam_id"
+    )
+    return [tuple(r) for r in keys], [tuple(r) for r in rows]
