@@ -81,15 +81,20 @@ class Publisher:
     async def events(
         self, events: Iterable[MembershipEvent], *, partition: int | None = None, mode: str = "s"
     ) -> None:
+        # Pipelined: the idempotent producer keeps per-partition order.
+        pending = []
         for e in events:
             value, headers = structured(e) if mode == "s" else binary(e)
-            await self.producer.send_and_wait(
-                self.topic,
-                value=value,
-                key=f"{e.account_id}/{e.iam_id}".encode(),
-                headers=headers,
-                partition=partition,
+            pending.append(
+                await self.producer.send(
+                    self.topic,
+                    value=value,
+                    key=f"{e.account_id}/{e.iam_id}".encode(),
+                    headers=headers,
+                    partition=partition,
+                )
             )
+        await asyncio.gather(*pending)
 
     async def raw(
         self,

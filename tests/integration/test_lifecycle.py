@@ -1,0 +1,247 @@
+"""The worker as a process: drained by SIGTERM, killed by SIGKILL, outliving a database restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from cleanup_worker.domain.events import MembershipEvent
+from cleanup_worker.settings import Settings
+from tests.integration.helpers import (
+    at,
+    committed_offsets,
+    end_offsets,
+    event,
+    eventually,
+    ledger_size,
+    publisher,
+    revoked_keys,
+    running_worker,
+    seed_key,
+    spawn_worker,
+)
+from tests.services import ROOT, Services
+
+STREAM = 3000
+
+
+def _removals(count: int) -> list[MembershipEvent]:
+    return [event("removed", "acct", f"user-{i}", at(10)) for i in range(count)]
+
+
+async def _seed_keys_for(db: Any, events: list[MembershipEvent]) -> None:
+    await db.executemany(
+        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
+        "VALUES (gen_random_uuid(), $1, $2, 'h', $3)",
+        [(e.account_id, e.iam_id, at(0)) for e in events],
+    )
+
+
+async def _publish(settings: Settings, events: list[MembershipEvent]) -> None:
+    async with publisher(settings) as pub:
+        await pub.events(events)
+
+
+async def _all_revoked(db: Any, count: int) -> bool:
+    return int(
+        await db.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+    ) == 0 and (await ledger_size(db) == count)
+
+
+@pytest.mark.timeout(180)
+async def test_sigterm_mid_stream_drains_and_exits_zero(settings: Settings, db: Any) -> None:
+    """SIGTERM while consuming: exit 0 within the grace, and every committed offset's effects
+    are in the database (nothing committed ahead of its transaction)."""
+    events = _removals(STREAM)
+    await _seed_keys_for(db, events)
+    await _publish(settings, events)
+    worker = await spawn_worker(settings, CLEANUP_BATCH_MAX_RECORDS="100")
+
+    async def started() -> bool:
+        return await ledger_size(db) > 0
+
+    await eventually(started, timeout=60)
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(worker.communicate(), timeout=settings.shutdown_grace_s)
+    assert worker.returncode == 0, stderr.decode()[-2000:]
+    assert time.monotonic() - sent < settings.shutdown_grace_s
+    committed = sum((await committed_offsets(settings)).values())
+    assert committed > 0
+    # Each committed record was applied: the ledger holds at least what was committed.
+    assert await ledger_size(db) >= committed
+    assert b"worker.stopped" in stderr
+
+
+@pytest.mark.timeout(180)
+async def test_sigkill_mid_stream_then_restart_ends_right(settings: Settings, db: Any) -> None:
+    """A worker SIGKILLed mid-stream and restarted ends with every event applied once."""
+    events = _removals(STREAM)
+    await _seed_keys_for(db, events)
+    await _publish(settings, events)
+    first = await spawn_worker(settings, CLEANUP_BATCH_MAX_RECORDS="100")
+
+    async def started() -> bool:
+        return await ledger_size(db) > 200
+
+    await eventually(started, timeout=60)
+    first.kill()
+    await first.wait()
+    assert await ledger_size(db) < STREAM, "the stream finished before the kill; make it longer"
+    second = await spawn_worker(settings)
+    try:
+
+        async def finished() -> bool:
+            return await _all_revoked(db, STREAM)
+
+        await eventually(finished, timeout=90)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+    assert second.returncode == 0
+    assert await committed_offsets(settings) == await end_offsets(settings)
+
+
+def _postgres_pid() -> int:
+    return int((ROOT / ".dev" / "postgres.pid").read_text().strip())
+
+
+async def _restart_postgres(services: Services, pause_s: float) -> None:
+    """Stops the dev PostgreSQL (fast shutdown), waits, and starts it again."""
+    assert services.origin == "dev-services", "restarting PostgreSQL needs the dev services"
+    pid = _postgres_pid()
+    os.kill(pid, signal.SIGINT)
+    async with asyncio.timeout(30):
+        while await asyncio.to_thread(Path(f"/proc/{pid}").exists):
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(pause_s)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(ROOT / "scripts" / "dev-services"), "up"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0
+
+
+async def _http_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.timeout(180)
+async def test_postgres_restart_mid_stream_loses_nothing(
+    settings: Settings, services: Services, database_url: str
+) -> None:
+    """PostgreSQL restarted while events flow: readiness drops, the worker resumes by itself,
+    and every event is applied."""
+    db = await asyncpg.connect(database_url)
+    events = _removals(STREAM)
+    await _seed_keys_for(db, events)
+    await db.close()
+    async with running_worker(settings) as process:
+        assert process.http is not None
+        assert process.http.port is not None
+        port = process.http.port
+
+        async def ready() -> bool:
+            return await _http_status(port, "/readyz") == 200
+
+        await eventually(ready)
+        publishing = asyncio.create_task(_publish(settings, events))
+        await asyncio.sleep(0.5)
+        restart = asyncio.create_task(_restart_postgres(services, pause_s=3))
+
+        async def not_ready() -> bool:
+            return await _http_status(port, "/readyz") == 503
+
+        await eventually(not_ready, interval=0.05)
+        assert await _http_status(port, "/livez") == 200
+        await restart
+        await publishing
+        db = await asyncpg.connect(database_url)
+        try:
+
+            async def finished() -> bool:
+                return await _all_revoked(db, STREAM)
+
+            await eventually(finished, timeout=90)
+        finally:
+            await db.close()
+        await eventually(ready)
+
+
+async def test_livez_fails_when_the_poll_loop_is_wedged(settings: Settings) -> None:
+    """/livez turns 503 when no poll happened for longer than the liveness timeout."""
+    wedged = settings.model_copy(update={"liveness_timeout_s": 0.5})
+    async with running_worker(wedged) as process:
+        assert process.http is not None
+        assert process.http.port is not None
+        assert process.worker is not None
+        assert await _http_status(process.http.port, "/livez") == 200
+        # Simulate aiokafka's known hang: the next fetch never returns.
+        release = asyncio.Event()
+
+        async def hang(*_: Any, **__: Any) -> dict[Any, Any]:
+            await release.wait()
+            return {}
+
+        process.worker.consumer.getmany = hang
+        await asyncio.sleep(1.0)
+        assert await _http_status(process.http.port, "/livez") == 503
+        release.set()
+
+
+async def test_metrics_parse_and_move_with_traffic(settings: Settings, db: Any) -> None:
+    """/metrics parses as Prometheus text and its counters move when events are applied."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    async def scrape(port: int) -> dict[str, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        raw = (await reader.read()).decode()
+        writer.close()
+        await writer.wait_closed()
+        body = raw.split("\r\n\r\n", 1)[1]
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                key = sample.name + json.dumps(sample.labels, sort_keys=True)
+                samples[key] = sample.value
+        return samples
+
+    await seed_key(db, "acct", "alice", at(0))
+    async with running_worker(settings) as process, publisher(settings) as pub:
+        assert process.http is not None
+        assert process.http.port is not None
+        before = await scrape(process.http.port)
+        await pub.events([event("removed", "acct", "alice", at(5))])
+
+        async def applied() -> bool:
+            return await ledger_size(db) == 1
+
+        await eventually(applied)
+        await asyncio.sleep(0.2)
+        after = await scrape(process.http.port)
+    applied_key = 'cleanup_events_total{"outcome": "applied", "type": "account.member.removed"}'
+    revoked_key = 'cleanup_keys_revoked_total{"reason": "member_removed"}'
+    assert after[applied_key] == before.get(applied_key, 0) + 1
+    assert after[revoked_key] == before.get(revoked_key, 0) + 1
+    assert any(name.startswith("cleanup_revocation_lag_seconds_bucket") for name in after)
+    assert await revoked_keys(db)
