@@ -31,6 +31,10 @@ unit: install
 test: install services check
 	$(BIN)/pytest
 
+# The README's first command: everything end to end on the local services.
+demo: install services
+	$(BIN)/python scripts/demo.py
+
 schema: install
 	$(BIN)/python -m cleanup_worker.domain.schema > docs/event-schema.json
 
