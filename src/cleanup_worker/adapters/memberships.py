@@ -19,6 +19,17 @@ def _columns(members: Iterable[Member]) -> tuple[list[str], list[str]]:
     return accounts, iam_ids
 
 
+# Every batch statement joins a few hundred (account, iam) pairs to large tables through
+# their indexes. With a batch of a few thousand the planner may prefer hashing a whole
+# table instead, which grows with the table rather than the batch; this keeps the cost
+# proportional to the batch, for this transaction only.
+_PREFER_INDEX_LOOKUPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+
+
+async def prefer_index_lookups(conn: Any) -> None:
+    await conn.execute(_PREFER_INDEX_LOOKUPS)
+
+
 # Sorted so that two transactions needing overlapping members cannot deadlock on these locks;
 # PostgreSQL evaluates the volatile lock function after the ORDER BY.
 _LOCK_MEMBERS = """

@@ -19,7 +19,7 @@ from cleanup_worker.adapters.kafka import Record
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.observability.health import Health
-from cleanup_worker.service.handler import BatchHandler
+from cleanup_worker.service.handler import BatchHandler, ParsedBatch
 
 log = get_logger(__name__)
 
@@ -89,30 +89,47 @@ class Worker:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        """The poll loop; returns once a stop was requested and the in-flight batch is done."""
-        while not self._stopping.is_set():
-            fetched = await self.consumer.getmany(
-                timeout_ms=self._wait_ms, max_records=self._max_records
-            )
-            self.health.polled()
-            if fetched:
-                async with self._in_flight:
-                    await self._process(fetched)
+        """The poll loop; returns once a stop was requested and the in-flight batch is done.
 
-    async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
-        started = time.perf_counter()
+        Two stages overlap: while the database applies batch N, the next fetch and its
+        parsing (CPU in this process) already run. Offsets stay exact: batch N+1 is applied,
+        and its offsets committed, only after batch N's are.
+        """
+        fetching = asyncio.create_task(self._fetch())
+        try:
+            while not self._stopping.is_set():
+                fetched, parsed = await fetching
+                if self._stopping.is_set():
+                    break  # fetched but not applied: not committed, so redelivered
+                fetching = asyncio.create_task(self._fetch())
+                if fetched:
+                    async with self._in_flight:
+                        await self._process(fetched, parsed)
+        finally:
+            fetching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetching
+
+    async def _fetch(self) -> tuple[dict[TopicPartition, list[Any]], ParsedBatch]:
+        fetched = await self.consumer.getmany(
+            timeout_ms=self._wait_ms, max_records=self._max_records
+        )
+        self.health.polled()
         records = [Record.from_consumer_record(r) for batch in fetched.values() for r in batch]
-        outcome = await self._handler.handle(records)
+        return fetched, self._handler.parse(records)
+
+    async def _process(self, fetched: dict[TopicPartition, list[Any]], parsed: ParsedBatch) -> None:
+        started = time.perf_counter()
+        outcome = await self._handler.apply(parsed)
         offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
         await self._commit(offsets)
         self.batches += 1
         elapsed = time.perf_counter() - started
+        size = sum(len(batch) for batch in fetched.values())
         metrics.BATCH_DURATION.observe(elapsed)
-        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_SIZE.observe(size)
         self._record_lag(offsets)
-        log.info(
-            "batch.done", records=len(records), ms=round(elapsed * 1000, 1), **outcome.counts()
-        )
+        log.info("batch.done", records=size, ms=round(elapsed * 1000, 1), **outcome.counts())
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         owned = self.consumer.assignment()

@@ -74,6 +74,15 @@ class BatchOutcome:
         }
 
 
+@dataclass
+class ParsedBatch:
+    """Records sorted by what they turned out to be."""
+
+    valid: list[tuple[Record, MembershipEvent]] = field(default_factory=list)
+    ignored: list[IgnoredEvent] = field(default_factory=list)
+    malformed: list[tuple[Record, Failure]] = field(default_factory=list)
+
+
 class _DryRunRollback(Exception):
     """Raised inside the transaction of a dry run so that nothing it did is kept."""
 
@@ -112,30 +121,47 @@ class BatchHandler:
         known = self._types.added | self._types.removed
         return event_type if event_type in known else "other"
 
-    async def handle(
-        self, records: Sequence[Record], *, reprocess: bool = False, dry_run: bool = False
-    ) -> BatchOutcome:
-        """Applies the records' effects; returns once they are committed (or rolled back in
-        a dry run) and every malformed record is in the dead-letter topic."""
-        outcome = BatchOutcome()
-        valid: list[tuple[Record, MembershipEvent]] = []
+    def parse(self, records: Sequence[Record]) -> ParsedBatch:
+        """Sorts records into valid events, ignored types and malformed records (CPU only, so
+        the worker can do it for the next batch while the database applies this one)."""
+        batch = ParsedBatch()
         for record in records:
             try:
                 parsed = parse_record(
                     record.value, record.headers, types=self._types, max_bytes=self._max_event_bytes
                 )
             except MalformedEvent as exc:
-                await self._dead_letter(record, Failure("MalformedEvent", str(exc)), dry_run)
-                outcome.dead_lettered += 1
-                outcome.by_type[("malformed", "dead_lettered")] += 1
+                batch.malformed.append((record, Failure("MalformedEvent", str(exc))))
                 continue
             if isinstance(parsed, IgnoredEvent):
-                outcome.ignored += 1
-                outcome.by_type[(self._type_label(parsed.type), "ignored")] += 1
+                batch.ignored.append(parsed)
             else:
-                valid.append((record, parsed))
-        if valid:
-            outcome.add(await self._apply_isolating(valid, reprocess=reprocess, dry_run=dry_run))
+                batch.valid.append((record, parsed))
+        return batch
+
+    async def handle(
+        self, records: Sequence[Record], *, reprocess: bool = False, dry_run: bool = False
+    ) -> BatchOutcome:
+        """Applies the records' effects; returns once they are committed (or rolled back in
+        a dry run) and every malformed record is in the dead-letter topic."""
+        return await self.apply(self.parse(records), reprocess=reprocess, dry_run=dry_run)
+
+    async def apply(
+        self, batch: ParsedBatch, *, reprocess: bool = False, dry_run: bool = False
+    ) -> BatchOutcome:
+        """`handle` for a batch already parsed."""
+        outcome = BatchOutcome()
+        for record, failure in batch.malformed:
+            await self._dead_letter(record, failure, dry_run)
+            outcome.dead_lettered += 1
+            outcome.by_type[("malformed", "dead_lettered")] += 1
+        for ignored in batch.ignored:
+            outcome.ignored += 1
+            outcome.by_type[(self._type_label(ignored.type), "ignored")] += 1
+        if batch.valid:
+            outcome.add(
+                await self._apply_isolating(batch.valid, reprocess=reprocess, dry_run=dry_run)
+            )
         if not dry_run:
             self._count(outcome)
         return outcome
@@ -210,6 +236,7 @@ class BatchHandler:
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
+                    await memberships.prefer_index_lookups(conn)
                     await memberships.lock_members(conn, members)
                     await memberships.capture_baselines(conn, members)
                     new = await memberships.record_events(

@@ -1,0 +1,154 @@
+"""`cleanup-worker dlq list | redrive`: the dead-letter topic, inspected and re-applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cleanup_worker.cli.app import app
+from cleanup_worker.cli.common import run_async, settings_or_exit
+from cleanup_worker.cli.replay import (
+    ProgressView,
+    counts_table,
+    operator_clients,
+    print_json,
+)
+from cleanup_worker.service.dead_letters import DeadLetter, RedriveReport
+from cleanup_worker.settings import Settings
+
+dlq = typer.Typer(
+    name="dlq",
+    help="Inspect the dead-letter topic and re-apply what parses now.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq)
+
+
+async def _list(settings: Settings) -> list[DeadLetter]:
+    from cleanup_worker.service.dead_letters import read_dead_letters  # noqa: PLC0415
+
+    letters: list[DeadLetter] = []
+    async with operator_clients(settings) as clients:
+        with ProgressView("dlq.progress") as view:
+            async for batch in read_dead_letters(
+                clients.consumer,
+                clients.admin,
+                clients.pool,
+                topic=settings.dlq_topic,
+                types=settings.event_types,
+                max_bytes=settings.max_event_bytes,
+                batch_size=settings.batch_max_records,
+                on_progress=lambda done, total: view.update("dead letters", done, total),
+            ):
+                letters.extend(batch)
+    return letters
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _print_letters(topic: str, letters: list[dict[str, Any]]) -> None:
+    table = Table(title=f"dead letters in {topic}: {len(letters)}")
+    for column in ("dlq", "original", "key", "error", "failed at", "parses now", "redriven"):
+        table.add_column(column)
+    for letter in letters:
+        here, origin, error = letter["dlq"], letter["original"], letter["error"]
+        now = "yes" if letter["now"] == "event" else letter["now"]
+        table.add_row(
+            f"{here['partition']}@{here['offset']}",
+            f"{_cell(origin['topic'])}[{_cell(origin['partition'])}]@{_cell(origin['offset'])}",
+            _cell(origin["key"]),
+            f"{_cell(error['class'])}: {_cell(error['message'])}",
+            _cell(letter["failed_at"]),
+            now if letter["error_now"] is None else f"no: {letter['error_now']}",
+            "" if letter["redriven"] is None else letter["redriven"]["outcome"],
+        )
+    Console().print(table)
+
+
+@dlq.command("list")
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Print the dead letters as JSON."),
+) -> None:
+    """Show each dead letter: where it came from, why it failed, whether it parses now.
+
+    The payload is never shown. Reads the whole topic outside any consumer group.
+    """
+    settings = settings_or_exit(needs_kafka=True)
+    letters = [letter.as_dict() for letter in run_async(_list(settings))]
+    if as_json:
+        print_json(
+            {
+                "command": "dlq list",
+                "topic": settings.dlq_topic,
+                "dead_letters": len(letters),
+                "parse_now": sum(1 for d in letters if d["now"] == "event"),
+                "redriven": sum(1 for d in letters if d["redriven"] is not None),
+                "letters": letters,
+            }
+        )
+    else:
+        _print_letters(settings.dlq_topic, letters)
+
+
+async def _redrive(settings: Settings, *, execute: bool) -> RedriveReport:
+    from cleanup_worker.adapters import redrives  # noqa: PLC0415
+    from cleanup_worker.service.dead_letters import read_dead_letters, redrive  # noqa: PLC0415
+
+    async with operator_clients(settings) as clients:
+        with ProgressView("dlq.progress") as view:
+            letters = read_dead_letters(
+                clients.consumer,
+                clients.admin,
+                clients.pool,
+                topic=settings.dlq_topic,
+                types=settings.event_types,
+                max_bytes=settings.max_event_bytes,
+                batch_size=settings.batch_max_records,
+                on_progress=lambda done, total: view.update("dead letters", done, total),
+            )
+            if not execute:
+                return await redrive(letters, clients.handler, clients.pool, execute=False)
+            async with redrives.exclusive(clients.pool):
+                return await redrive(letters, clients.handler, clients.pool, execute=True)
+
+
+def _print_redrive(report: RedriveReport) -> None:
+    summary = report.as_dict()
+    console = Console()
+    verb = "redriven" if report.execute else "dry run: nothing was written"
+    console.print(f"[bold]dlq redrive[/bold] ({verb})")
+    rows = ["dead_letters", "already_redriven", "redriven", "left", "applied", "duplicate",
+            "keys_revoked", "memberships_changed"]  # fmt: skip
+    console.print(counts_table("totals" if report.execute else "totals (would)", summary, rows))
+    if report.left:
+        left = Table(title="left in the dead-letter topic")
+        for column in ("dlq", "reason", "error now"):
+            left.add_column(column)
+        for letter, reason in report.left:
+            here = letter.record
+            left.add_row(f"{here.partition}@{here.offset}", reason, _cell(letter.error_now))
+        console.print(left)
+
+
+@dlq.command("redrive")
+def redrive_(
+    execute: bool = typer.Option(False, "--execute", help="Apply; without it, a dry run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Re-apply the dead letters that parse now (after a fix or a settings change).
+
+    Dry run unless --execute. The rest stay; the topic is never modified.
+
+    What was redriven is recorded, so a second redrive repeats nothing.
+    """
+    settings = settings_or_exit(needs_kafka=True)
+    report = run_async(_redrive(settings, execute=execute))
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        _print_redrive(report)
