@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
@@ -17,12 +18,32 @@ from cleanup_worker.adapters.migrator import migrate
 from cleanup_worker.settings import Settings
 from tests.services import HOW_TO, Services, discover
 
-TEMPLATE_DB = "cleanup_worker_test_template"
+# One template per test session, so that sessions running side by side never drop each
+# other's template.
+TEMPLATE_DB = f"cw_template_{os.getpid()}"
 
 
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _drop_stale_templates(conn: Any) -> None:
+    """Templates left by sessions that were killed (their process is gone)."""
+    for name in await conn.fetch(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'cw_template_%'"
+    ):
+        pid = name["datname"].removeprefix("cw_template_")
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name["datname"]}" WITH (FORCE)')
+
+
+async def _drop_template(admin_url: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 async def _build_template(admin_url: str) -> None:
@@ -31,6 +52,7 @@ async def _build_template(admin_url: str) -> None:
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"{HOW_TO}\ncannot connect to PostgreSQL: {exc}", pytrace=False)
     try:
+        await _drop_stale_templates(conn)
         await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
     finally:
@@ -49,6 +71,7 @@ def services() -> Iterator[Services]:
         found = discover(stack)
         asyncio.run(_build_template(found.database_url))
         yield found
+        asyncio.run(_drop_template(found.database_url))
 
 
 @pytest.fixture
