@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -30,12 +31,11 @@ def with_database(url: str, name: str) -> str:
 
 async def _drop_stale_templates(conn: Any) -> None:
     """Templates left by sessions that were killed (their process is gone)."""
-    for name in await conn.fetch(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'cw_template_%'"
-    ):
-        pid = name["datname"].removeprefix("cw_template_")
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name["datname"]}" WITH (FORCE)')
+    rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'cw_template_%'")
+    for row in rows:
+        pid = row["datname"].removeprefix("cw_template_")
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
 
 
 async def _drop_template(admin_url: str) -> None:
