@@ -119,8 +119,9 @@ def select_partitions(
     numbers = {p for _, p in chosen}
     if isinstance(start, AtOffsets) and (unstarted := sorted(numbers - set(start.offsets))):
         raise WindowError(f"--from names no offset for partition {unstarted[0]}")
-    if isinstance(stop, AtOffsets) and (outside := sorted(set(stop.offsets) - numbers)):
-        raise WindowError(f"--to names partition {outside[0]}, which is not in the window")
+    for bound, option in ((start, "--from"), (stop, "--to")):
+        if isinstance(bound, AtOffsets) and (outside := sorted(set(bound.offsets) - numbers)):
+            raise WindowError(f"{option} names partition {outside[0]}, which is not in the window")
     return chosen
 
 
@@ -224,6 +225,8 @@ class WindowReader:
     async def batches(self, *, poll_ms: int = 500) -> AsyncIterator[list[Record]]:
         """Yields the window's records in batches (partitions interleaved, each in order)."""
         active = [TopicPartition(*p) for p in sorted(self._window) if not self.done(p)]
+        if not active:
+            return
         self._consumer.assign(active)
         for tp in active:
             self._consumer.seek(tp, self._window[(tp.topic, tp.partition)].start)

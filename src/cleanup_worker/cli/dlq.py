@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cleanup_worker.cli.app import app
@@ -47,27 +48,47 @@ async def _list(settings: Settings) -> list[DeadLetter]:
     return letters
 
 
+def _plain(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    return escape(_plain(value))
+
+
+def _describe(letter: dict[str, Any]) -> str:
+    here, origin, error = letter["dlq"], letter["original"], letter["error"]
+    if letter["now"] == "event":
+        now = "parses, would apply"
+    elif letter["now"] == "ignored":
+        now = "parses, but its type is not configured (ignored)"
+    else:
+        now = f"still malformed: {_plain(letter['error_now'])}"
+    lines = [
+        f"{here['partition']}@{here['offset']}  from {_plain(origin['topic'])}"
+        f"[{_plain(origin['partition'])}]@{_plain(origin['offset'])}"
+        f"  key {_plain(origin['key'])}  group {_plain(origin['group'])}",
+        f"  failed {_plain(letter['failed_at'])} (worker {_plain(letter['worker_version'])}): "
+        f"{_plain(error['class'])}: {_plain(error['message'])}",
+        f"  now: {now}",
+    ]
+    if letter["redriven"] is not None:
+        redriven = letter["redriven"]
+        lines.append(f"  redriven {redriven['at']}: {redriven['outcome']}")
+    return "\n".join(lines)
 
 
 def _print_letters(topic: str, letters: list[dict[str, Any]]) -> None:
-    table = Table(title=f"dead letters in {topic}: {len(letters)}")
-    for column in ("dlq", "original", "key", "error", "failed at", "parses now", "redriven"):
-        table.add_column(column)
+    console = Console(highlight=False, soft_wrap=True)
+    parse_now = sum(1 for d in letters if d["now"] == "event")
+    redriven = sum(1 for d in letters if d["redriven"] is not None)
+    console.print(
+        f"{len(letters)} dead letter(s) in {topic}: {parse_now} parse now, "
+        f"{redriven} already redriven",
+        markup=False,
+    )
     for letter in letters:
-        here, origin, error = letter["dlq"], letter["original"], letter["error"]
-        now = "yes" if letter["now"] == "event" else letter["now"]
-        table.add_row(
-            f"{here['partition']}@{here['offset']}",
-            f"{_cell(origin['topic'])}[{_cell(origin['partition'])}]@{_cell(origin['offset'])}",
-            _cell(origin["key"]),
-            f"{_cell(error['class'])}: {_cell(error['message'])}",
-            _cell(letter["failed_at"]),
-            now if letter["error_now"] is None else f"no: {letter['error_now']}",
-            "" if letter["redriven"] is None else letter["redriven"]["outcome"],
-        )
-    Console().print(table)
+        console.print("\n" + _describe(letter), markup=False)
 
 
 @dlq.command("list")
@@ -86,7 +107,8 @@ def list_(
                 "command": "dlq list",
                 "topic": settings.dlq_topic,
                 "dead_letters": len(letters),
-                "parse_now": sum(1 for d in letters if d["now"] == "event"),
+                "parses_now": sum(1 for d in letters if d["parses_now"]),
+                "would_apply": sum(1 for d in letters if d["now"] == "event"),
                 "redriven": sum(1 for d in letters if d["redriven"] is not None),
                 "letters": letters,
             }

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
@@ -149,14 +150,15 @@ def _print_report(report: ReplayReport) -> None:
     for column in ("topic", "partition", "start", "stop", "records"):
         parts.add_column(column, justify="left" if column == "topic" else "right")
     for part in report.partitions:
-        parts.add_row(part.topic, *map(str, (part.partition, part.start, part.stop, part.records)))
+        numbers = (part.partition, part.start, part.stop, part.records)
+        parts.add_row(escape(part.topic), *map(str, numbers))
     console.print(parts)
     events = Table(title="events by type")
     for column in ("type", "outcome", "count"):
         events.add_column(column, justify="right" if column == "count" else "left")
     for event_type, outcomes in summary["events"].items():
         for name, count in outcomes.items():
-            events.add_row(event_type, name, str(count))
+            events.add_row(escape(event_type), name, str(count))
     console.print(events)
     rows = ["records", "applied", "duplicate", "ignored", "malformed", "rejected",
             "keys_revoked", "memberships_changed"]  # fmt: skip

@@ -133,20 +133,23 @@ async def replay(
         for part in report.partitions:
             on_progress(part)
     reader = WindowReader(consumer, window, batch_size=batch_size)
-    async for records in reader.batches():
-        outcome = await handler.handle(records, reprocess=reprocess, dry_run=not execute)
-        outcome.removal_times.clear()  # only metrics need them; a long replay must not hoard
-        report.outcome.add(outcome)
-        report.batches += 1
-        log.debug("replay.batch", records=len(records), **outcome.counts())
+
+    def follow() -> None:
         for partition, part in progress.items():
             moved = (reader.positions[partition], reader.read[partition])
             if moved != (part.position, part.records):
                 part.position, part.records = moved
                 if on_progress:
                     on_progress(part)
-    for partition, part in progress.items():  # partitions that held only skipped offsets
-        part.position, part.records = reader.positions[partition], reader.read[partition]
+
+    async for records in reader.batches():
+        outcome = await handler.handle(records, reprocess=reprocess, dry_run=not execute)
+        outcome.removal_times.clear()  # only metrics need them; a long replay must not hoard
+        report.outcome.add(outcome)
+        report.batches += 1
+        log.debug("replay.batch", records=len(records), **outcome.counts())
+        follow()
+    follow()  # a partition may end in offsets that held no record (compaction, markers)
     report.seconds = time.perf_counter() - started
     log.info("replay.finished", records=report.records, **report.outcome.counts())
     return report
