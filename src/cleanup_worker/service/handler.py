@@ -48,6 +48,8 @@ class BatchOutcome:
     duplicates: int = 0
     ignored: int = 0
     dead_lettered: int = 0
+    malformed: int = 0  # of dead_lettered: not a valid event
+    rejected: int = 0  # of dead_lettered: a valid event the database refused on its own
     keys_revoked: int = 0
     memberships_changed: int = 0
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -58,6 +60,8 @@ class BatchOutcome:
         self.duplicates += other.duplicates
         self.ignored += other.ignored
         self.dead_lettered += other.dead_lettered
+        self.malformed += other.malformed
+        self.rejected += other.rejected
         self.keys_revoked += other.keys_revoked
         self.memberships_changed += other.memberships_changed
         self.by_type.update(other.by_type)
@@ -154,6 +158,7 @@ class BatchHandler:
         for record, failure in batch.malformed:
             await self._dead_letter(record, failure, dry_run)
             outcome.dead_lettered += 1
+            outcome.malformed += 1
             outcome.by_type[("malformed", "dead_lettered")] += 1
         for ignored in batch.ignored:
             outcome.ignored += 1
@@ -196,8 +201,15 @@ class BatchHandler:
         metrics.ISOLATED_FAILURES.inc()
         # The SQLSTATE text names the problem without quoting the event's values.
         message = f"{type(exc).__name__} (SQLSTATE {getattr(exc, 'sqlstate', '?')})"
+        log.warning(
+            "event.rejected",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=message,
+        )
         await self._dead_letter(record, Failure(type(exc).__name__, message), dry_run)
-        outcome = BatchOutcome(dead_lettered=1)
+        outcome = BatchOutcome(dead_lettered=1, rejected=1)
         outcome.by_type[(self._type_label(event.type), "dead_lettered")] += 1
         return outcome
 

@@ -52,7 +52,6 @@ class PartitionProgress:
 
 def summarize(outcome: BatchOutcome) -> dict[str, Any]:
     """The counts a summary shows: per event type and outcome, and the totals."""
-    malformed = outcome.by_type[MALFORMED]
     events: dict[str, dict[str, int]] = {}
     for (event_type, name), count in sorted(outcome.by_type.items()):
         if count and (event_type, name) != MALFORMED:
@@ -62,8 +61,8 @@ def summarize(outcome: BatchOutcome) -> dict[str, Any]:
         "applied": outcome.applied,
         "duplicate": outcome.duplicates,
         "ignored": outcome.ignored,
-        "malformed": malformed,
-        "rejected": outcome.dead_lettered - malformed,
+        "malformed": outcome.malformed,
+        "rejected": outcome.rejected,
         "keys_revoked": outcome.keys_revoked,
         "memberships_changed": outcome.memberships_changed,
     }
