@@ -154,6 +154,10 @@ async def naive_consumer(bootstrap: str, topic: str, db_url: str, limit: int) ->
         await conn.close()
 
 
+def busy_seconds(times: Any) -> float:
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -303,10 +307,20 @@ async def main(args: argparse.Namespace) -> None:
             "CLEANUP_HTTP_HOST": "127.0.0.1",
             "CLEANUP_LOG_FORMAT": "json",
             "CLEANUP_LOG_LEVEL": "warning",
+            **dict(item.split("=", 1) for item in args.worker_env),
         }
         async with Worker(worker_env) as worker:
+            cpu_before = psutil.Process(worker.process.pid).cpu_times()
+            machine_before = psutil.cpu_times()
             first, last, first_count = await wait_for_ledger(db, n, timeout=600)
             worker_rate = (n - first_count) / (last - first)
+            cpu_after = psutil.Process(worker.process.pid).cpu_times()
+            busy = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+            machine = busy_seconds(psutil.cpu_times()) - busy_seconds(machine_before)
+            print(
+                f"  CPU while consuming (cores): worker {busy / (last - first):.2f}, "
+                f"whole machine {machine / (last - first):.2f} of {psutil.cpu_count()}"
+            )
             revoked = await db.fetchval(
                 "SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL"
             )
@@ -345,4 +359,11 @@ if __name__ == "__main__":
     parser.add_argument("--naive-events", type=int, default=3_000)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="CLEANUP_X=V",
+        help="a setting for the worker under test (repeatable)",
+    )
     asyncio.run(main(parser.parse_args()))

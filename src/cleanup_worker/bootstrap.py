@@ -95,6 +95,7 @@ class WorkerProcess:
             topics=settings.kafka_topics,
             max_records=settings.batch_max_records,
             wait_ms=settings.batch_wait_ms,
+            max_in_flight=settings.batches_in_flight,
             rebalance_drain_s=settings.rebalance_drain_s,
             retry_max_wait_s=settings.retry_max_wait_s,
         )

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
 
     batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=100, ge=0, le=60_000)
+    batches_in_flight: int = Field(default=2, ge=1, le=16)
     shutdown_grace_s: float = Field(default=25.0, gt=0)
     rebalance_drain_s: float = Field(default=10.0, gt=0)
     liveness_timeout_s: float = Field(default=60.0, gt=0)
@@ -83,6 +84,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
+        if self.batches_in_flight >= self.database_pool_size:
+            # One connection stays free, so /readyz can still ask the database.
+            raise ValueError("batches_in_flight must be smaller than database_pool_size")
         if set(self.event_types_added) & set(self.event_types_removed):
             raise ValueError("event_types_added and event_types_removed overlap")
         if self.dlq_topic in self.kafka_topics:

@@ -1,7 +1,8 @@
 """`cleanup-worker run`: the consumer-group member with an explicit lifecycle.
 
-fetch (getmany) -> BatchHandler (one transaction) -> commit offsets of partitions still owned.
-An offset is committed only after the transaction that applied it committed.
+fetch (getmany) -> parse -> BatchHandler.apply (one transaction) -> commit offsets of the
+partitions still owned. An offset is committed only after the transaction that applied it,
+and every batch before it, committed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import stamina
@@ -19,13 +22,15 @@ from cleanup_worker.adapters.kafka import Record
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.observability.health import Health
-from cleanup_worker.service.handler import BatchHandler, ParsedBatch
+from cleanup_worker.service.handler import BatchHandler, BatchOutcome, ParsedBatch
 
 log = get_logger(__name__)
 
+Fetched = dict[TopicPartition, list[Any]]
+
 
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Lets the in-flight batch finish and commit before its partitions move (bounded)."""
+    """Lets the in-flight batches finish and commit before their partitions move (bounded)."""
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
@@ -39,8 +44,22 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("kafka.partitions.assigned", partitions=len(assigned))
 
 
+@dataclass
+class _InFlight:
+    applying: asyncio.Task[BatchOutcome]
+    offsets: dict[TopicPartition, int]
+    records: int
+    started: float
+
+
 class Worker:
-    """Consumes until asked to stop, then drains: finish the batch, commit, leave the group."""
+    """Consumes until asked to stop, then drains: finish the batches, commit, leave the group.
+
+    Up to `max_in_flight` batch transactions run at once (each on its own connection), so
+    the database can use more than one core; their offsets are committed strictly in fetch
+    order. Running them side by side is safe because the effects do not depend on order, and
+    the member locks serialise batches that touch the same member.
+    """
 
     def __init__(
         self,
@@ -51,6 +70,7 @@ class Worker:
         topics: list[str],
         max_records: int,
         wait_ms: int,
+        max_in_flight: int,
         rebalance_drain_s: float,
         retry_max_wait_s: float,
     ) -> None:
@@ -60,9 +80,11 @@ class Worker:
         self._topics = topics
         self._max_records = max_records
         self._wait_ms = wait_ms
+        self._max_in_flight = max_in_flight
         self._rebalance_drain_s = rebalance_drain_s
         self._retry_max_wait_s = retry_max_wait_s
-        self._in_flight = asyncio.Lock()
+        self._in_flight: deque[_InFlight] = deque()
+        self._settling = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.batches = 0
 
@@ -89,11 +111,10 @@ class Worker:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        """The poll loop; returns once a stop was requested and the in-flight batch is done.
+        """The poll loop; returns once a stop was requested and the in-flight batches are done.
 
-        Two stages overlap: while the database applies batch N, the next fetch and its
-        parsing (CPU in this process) already run. Offsets stay exact: batch N+1 is applied,
-        and its offsets committed, only after batch N's are.
+        While the database applies the batches in flight, the next fetch and its parsing (CPU
+        in this process) already run.
         """
         fetching = asyncio.create_task(self._fetch())
         try:
@@ -103,14 +124,17 @@ class Worker:
                     break  # fetched but not applied: not committed, so redelivered
                 fetching = asyncio.create_task(self._fetch())
                 if fetched:
-                    async with self._in_flight:
-                        await self._process(fetched, parsed)
+                    self._start_batch(fetched, parsed)
+                await self._settle(wait_for=len(self._in_flight) - self._max_in_flight + 1)
+            await self._settle(wait_for=len(self._in_flight))
         finally:
             fetching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fetching
+            for batch in self._in_flight:  # only after a crash: never committed, so redelivered
+                batch.applying.cancel()
 
-    async def _fetch(self) -> tuple[dict[TopicPartition, list[Any]], ParsedBatch]:
+    async def _fetch(self) -> tuple[Fetched, ParsedBatch]:
         fetched = await self.consumer.getmany(
             timeout_ms=self._wait_ms, max_records=self._max_records
         )
@@ -118,18 +142,42 @@ class Worker:
         records = [Record.from_consumer_record(r) for batch in fetched.values() for r in batch]
         return fetched, self._handler.parse(records)
 
-    async def _process(self, fetched: dict[TopicPartition, list[Any]], parsed: ParsedBatch) -> None:
-        started = time.perf_counter()
-        outcome = await self._handler.apply(parsed)
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
-        await self._commit(offsets)
+    def _start_batch(self, fetched: Fetched, parsed: ParsedBatch) -> None:
+        self._in_flight.append(
+            _InFlight(
+                applying=asyncio.create_task(self._handler.apply(parsed)),
+                offsets={tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch},
+                records=sum(len(batch) for batch in fetched.values()),
+                started=time.perf_counter(),
+            )
+        )
+
+    async def _settle(self, wait_for: int) -> None:
+        """Commits the offsets of finished batches, oldest first; waits for the oldest
+        `wait_for` batches to finish (and commits those that finished behind them)."""
+        async with self._settling:
+            while self._in_flight and (wait_for > 0 or self._in_flight[0].applying.done()):
+                batch = self._in_flight[0]
+                outcome = await batch.applying  # a crash propagates: nothing more is committed
+                self._in_flight.popleft()
+                wait_for -= 1
+                await self._commit(batch.offsets)
+                self._observe(batch, outcome)
+
+    def _observe(self, batch: _InFlight, outcome: BatchOutcome) -> None:
         self.batches += 1
-        elapsed = time.perf_counter() - started
-        size = sum(len(batch) for batch in fetched.values())
+        elapsed = time.perf_counter() - batch.started
         metrics.BATCH_DURATION.observe(elapsed)
-        metrics.BATCH_SIZE.observe(size)
-        self._record_lag(offsets)
-        log.info("batch.done", records=size, ms=round(elapsed * 1000, 1), **outcome.counts())
+        metrics.BATCH_SIZE.observe(batch.records)
+        for tp, offset in batch.offsets.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                    max(0, highwater - offset)
+                )
+        log.info(
+            "batch.done", records=batch.records, ms=round(elapsed * 1000, 1), **outcome.counts()
+        )
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         owned = self.consumer.assignment()
@@ -149,20 +197,11 @@ class Worker:
             # which changes nothing (idempotent). Losing a commit loses no effect.
             log.warning("offsets.commit_failed", error=type(exc).__name__)
 
-    def _record_lag(self, offsets: dict[TopicPartition, int]) -> None:
-        for tp, offset in offsets.items():
-            highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
-                    max(0, highwater - offset)
-                )
-
     async def drain_in_flight(self) -> None:
-        """Waits (bounded) until no batch is being applied; called before partitions move."""
+        """Finishes and commits the batches in flight (bounded); called before partitions move."""
         try:
             async with asyncio.timeout(self._rebalance_drain_s):
-                async with self._in_flight:
-                    pass
+                await self._settle(wait_for=len(self._in_flight))
         except TimeoutError:
             log.warning("kafka.rebalance.drain_timeout", seconds=self._rebalance_drain_s)
 

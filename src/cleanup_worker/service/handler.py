@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import asyncpg
 import stamina
 
-from cleanup_worker.adapters import keys, memberships
+from cleanup_worker.adapters import keys
 from cleanup_worker.adapters.dlq import Failure
 from cleanup_worker.adapters.kafka import Record
 from cleanup_worker.adapters.postgres import is_transient
@@ -24,10 +24,11 @@ from cleanup_worker.domain.events import (
     MembershipEvent,
     parse_record,
 )
-from cleanup_worker.domain.rules import derive_membership, latest_removals, unique_events
+from cleanup_worker.domain.rules import unique_events
 from cleanup_worker.errors import MalformedEvent
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
+from cleanup_worker.service.batch_transaction import apply_events
 
 log = get_logger(__name__)
 
@@ -243,34 +244,18 @@ class BatchHandler:
     ) -> BatchOutcome:
         origins = {(event.source, event.id): record.origin for record, event in items}
         events, repeated = unique_events(event for _, event in items)
-        members = sorted({(event.account_id, event.iam_id) for event in events})
         outcome = BatchOutcome(duplicates=repeated)
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    await memberships.prefer_index_lookups(conn)
-                    await memberships.lock_members(conn, members)
-                    await memberships.capture_baselines(conn, members)
-                    new = await memberships.record_events(
-                        conn, events, [origins[(e.source, e.id)] for e in events]
-                    )
-                    fresh = events if reprocess else [e for e in events if (e.source, e.id) in new]
-                    removals = latest_removals(e for e in fresh if e.change is Change.REMOVED)
-                    outcome.keys_revoked = await keys.revoke_for_removals(
-                        conn, list(removals.values())
-                    )
-                    touched = sorted({(e.account_id, e.iam_id) for e in fresh})
-                    baselines, histories = await memberships.load_histories(conn, touched)
-                    rows = {
-                        member: row
-                        for member in touched
-                        if (row := derive_membership(baselines.get(member), histories[member]))
-                    }
-                    outcome.memberships_changed = await memberships.write_memberships(conn, rows)
+                    applied = await apply_events(conn, events, origins, reprocess=reprocess)
                     if dry_run:
                         raise _DryRunRollback
             except _DryRunRollback:
                 pass
+        fresh = applied.fresh
+        outcome.keys_revoked = applied.keys_revoked
+        outcome.memberships_changed = applied.memberships_changed
         # Each record counts once: applied if it changed the ledger (or was re-applied), else
         # duplicate, whether repeated within this batch or already seen before.
         pending = {(e.source, e.id) for e in fresh}

@@ -1,0 +1,81 @@
+"""The body of one batch transaction: every statement a batch runs, in the order that makes
+it safe beside other replicas. R1 and R3 are applied here through the pure rules."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cleanup_worker.adapters import keys, memberships
+from cleanup_worker.adapters.memberships import Member
+from cleanup_worker.domain.events import Change, MembershipEvent
+from cleanup_worker.domain.rules import (
+    HistoryEntry,
+    Membership,
+    derive_membership,
+    latest_removals,
+)
+
+Origin = tuple[str, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What the transaction changed."""
+
+    fresh: list[MembershipEvent]  # events applied now (new to the ledger, or re-applied)
+    keys_revoked: int
+    memberships_changed: int
+
+
+async def apply_events(
+    conn: Any,
+    events: Sequence[MembershipEvent],
+    origins: Mapping[tuple[str, str], Origin | None],
+    *,
+    reprocess: bool,
+) -> Applied:
+    """Runs inside the caller's transaction. `events` hold no repeated identity."""
+    members = sorted({(event.account_id, event.iam_id) for event in events})
+    await memberships.prefer_index_lookups(conn)
+    # First the member locks, so that every later statement sees whatever another replica
+    # committed for these members before we got them.
+    await memberships.lock_members(conn, members)
+    captured = await memberships.capture_baselines(conn, members)
+    recorded = await memberships.record_events(
+        conn, events, [origins[(e.source, e.id)] for e in events]
+    )
+    fresh = list(events) if reprocess else [e for e in events if (e.source, e.id) in recorded.new]
+    removals = latest_removals(e for e in fresh if e.change is Change.REMOVED)
+    revoked = await keys.revoke_for_removals(conn, list(removals.values()))
+    rows = await _derive_rows(conn, fresh, captured, recorded.had_history, reprocess=reprocess)
+    changed = await memberships.write_memberships(conn, rows)
+    return Applied(fresh, revoked, changed)
+
+
+async def _derive_rows(
+    conn: Any,
+    fresh: Sequence[MembershipEvent],
+    captured: Mapping[Member, Membership],
+    had_history: set[Member],
+    *,
+    reprocess: bool,
+) -> dict[Member, Membership]:
+    """R3 for every member with a fresh event. A member whose first events are in this batch
+    has no history to read: its baseline (if any) was captured just now."""
+    in_batch: defaultdict[Member, list[HistoryEntry]] = defaultdict(list)
+    for event in fresh:
+        in_batch[(event.account_id, event.iam_id)].append(HistoryEntry.from_event(event))
+    known = sorted(in_batch if reprocess else had_history & in_batch.keys())
+    baselines, histories = await memberships.load_histories(conn, known)
+    rows = {}
+    for member, entries in in_batch.items():
+        if member in histories:
+            row = derive_membership(baselines.get(member), histories[member])
+        else:
+            row = derive_membership(captured.get(member), entries)
+        if row is not None:
+            rows[member] = row
+    return rows
