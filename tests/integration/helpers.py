@@ -193,6 +193,22 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+async def cli(settings: Settings, *args: str, **extra: str) -> tuple[int, str, str]:
+    """Runs `cleanup-worker ARGS` as a real process with the test's settings."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cleanup_worker",
+        *args,
+        env=worker_env(settings, **extra),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 async def spawn_worker(settings: Settings, **extra: str) -> asyncio.subprocess.Process:
     """`cleanup-worker run` as a real process (so it can be SIGTERMed or SIGKILLed)."""
     return await asyncio.create_subprocess_exec(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +19,7 @@ from cleanup_worker.service.dead_letters import fingerprint, inspect
 from cleanup_worker.settings import Settings
 from tests.integration.helpers import (
     at,
+    cli,
     end_offsets,
     event,
     eventually,
@@ -29,26 +28,9 @@ from tests.integration.helpers import (
     running_worker,
     seed_key,
     structured,
-    worker_env,
 )
 
 PADDING = "p" * 300  # makes the event larger than 256 bytes, the limit the worker ran with
-
-
-async def cli(settings: Settings, *args: str, **extra: str) -> tuple[int, str, str]:
-    """Runs `cleanup-worker ARGS` as a real process with the test's settings."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cleanup_worker",
-        *args,
-        env=worker_env(settings, **extra),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def cli_json(settings: Settings, *args: str, **extra: str) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
 from tests.integration.helpers import (
     at,
+    cli,
     committed_offsets,
     database_state,
     end_offsets,
@@ -25,26 +25,9 @@ from tests.integration.helpers import (
     running_worker,
     seed_key,
     structured,
-    worker_env,
 )
 
 HOUR_MS = 3_600_000
-
-
-async def cli(settings: Settings, *args: str, **extra: str) -> tuple[int, str, str]:
-    """Runs `cleanup-worker ARGS` as a real process with the test's settings."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cleanup_worker",
-        *args,
-        env=worker_env(settings, **extra),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def replay_json(settings: Settings, *args: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import typer
@@ -28,22 +29,27 @@ dlq = typer.Typer(
 app.add_typer(dlq)
 
 
-async def _list(settings: Settings) -> list[DeadLetter]:
+def _read(settings: Settings, clients: Any, view: ProgressView) -> AsyncIterator[list[DeadLetter]]:
+    """Every dead letter now in the topic, decoded, with progress shown on `view`."""
     from cleanup_worker.service.dead_letters import read_dead_letters  # noqa: PLC0415
 
+    return read_dead_letters(
+        clients.consumer,
+        clients.admin,
+        clients.pool,
+        topic=settings.dlq_topic,
+        types=settings.event_types,
+        max_bytes=settings.max_event_bytes,
+        batch_size=settings.batch_max_records,
+        on_progress=lambda done, total: view.update("dead letters", done, total),
+    )
+
+
+async def _list(settings: Settings) -> list[DeadLetter]:
     letters: list[DeadLetter] = []
     async with operator_clients(settings) as clients:
         with ProgressView("dlq.progress") as view:
-            async for batch in read_dead_letters(
-                clients.consumer,
-                clients.admin,
-                clients.pool,
-                topic=settings.dlq_topic,
-                types=settings.event_types,
-                max_bytes=settings.max_event_bytes,
-                batch_size=settings.batch_max_records,
-                on_progress=lambda done, total: view.update("dead letters", done, total),
-            ):
+            async for batch in _read(settings, clients, view):
                 letters.extend(batch)
     return letters
 
@@ -119,20 +125,11 @@ def list_(
 
 async def _redrive(settings: Settings, *, execute: bool) -> RedriveReport:
     from cleanup_worker.adapters import redrives  # noqa: PLC0415
-    from cleanup_worker.service.dead_letters import read_dead_letters, redrive  # noqa: PLC0415
+    from cleanup_worker.service.dead_letters import redrive  # noqa: PLC0415
 
     async with operator_clients(settings) as clients:
         with ProgressView("dlq.progress") as view:
-            letters = read_dead_letters(
-                clients.consumer,
-                clients.admin,
-                clients.pool,
-                topic=settings.dlq_topic,
-                types=settings.event_types,
-                max_bytes=settings.max_event_bytes,
-                batch_size=settings.batch_max_records,
-                on_progress=lambda done, total: view.update("dead letters", done, total),
-            )
+            letters = _read(settings, clients, view)
             if not execute:
                 return await redrive(letters, clients.handler, clients.pool, execute=False)
             async with redrives.exclusive(clients.pool):

@@ -124,8 +124,14 @@ class Worker:
                     break  # fetched but not applied: not committed, so redelivered
                 fetching = asyncio.create_task(self._fetch())
                 if fetched:
+                    # Batches run side by side only while we are behind (full fetches). At a
+                    # trickle, one at a time lets records pile into the next batch instead of
+                    # a transaction (and an fsync) each.
+                    behind = sum(len(b) for b in fetched.values()) >= self._max_records // 2
+                    allowed = self._max_in_flight if behind else 1
+                    await self._settle(wait_for=len(self._in_flight) - allowed + 1)
                     self._start_batch(fetched, parsed)
-                await self._settle(wait_for=len(self._in_flight) - self._max_in_flight + 1)
+                await self._settle(wait_for=0)
             await self._settle(wait_for=len(self._in_flight))
         finally:
             fetching.cancel()
