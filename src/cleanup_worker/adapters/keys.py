@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 from cleanup_worker.domain.events import MembershipEvent
 
@@ -42,3 +44,68 @@ async def revoke_for_removals(conn: Any, removals: Sequence[MembershipEvent]) ->
         [event.ref for event in removals],
     )
     return count
+
+
+class MembershipSource(StrEnum):
+    """Where R5 reads membership: the worker's table, or the operator's file loaded for one run.
+
+    The values are table names; they are the only names ever formatted into R5's SQL.
+    """
+
+    TABLE = "account_memberships"
+    FILE = "pg_temp.backfill_memberships"  # a session TEMP table, same columns
+
+
+# R5 for the key `k` (a row of api_keys) and `m`, its membership row LEFT JOINed (all null
+# when there is none): the OrphanReason value, or null when the membership keeps the key.
+# It mirrors domain.rules.orphan_reason, which is the spec; the tests compare the two.
+# Whether `k` is already revoked is for the caller to test (`k.revoked_at IS NULL`).
+ORPHAN_REASON_SQL = """CASE
+        WHEN m.account_id IS NULL THEN 'no_membership'
+        WHEN m.state <> 'active' THEN 'membership_removed'
+        WHEN m.member_since IS NOT NULL AND k.created_at < m.member_since
+            THEN 'created_before_member_since'
+    END"""
+
+# R5 backfill for a batch of candidate keys, re-checked at write time. The verdict is a
+# correlated subquery so that each key costs one index probe of the membership table
+# (a join here is planned as a scan of the whole table per batch). Under READ COMMITTED a
+# key that a concurrent transaction revoked meanwhile is re-read after that transaction
+# commits, fails `revoked_at IS NULL` and keeps its first reason and revoker (R4).
+_VERDICT = """(SELECT {reason}
+     FROM (VALUES (true)) AS one (x)
+     LEFT JOIN {memberships} AS m ON m.account_id = k.account_id AND m.iam_id = k.iam_id)"""
+
+_REVOKE_ORPHANS = """
+WITH revoked AS (
+    UPDATE api_keys AS k
+    SET revoked_at = now(), revocation_reason = $3, revoked_by = $2
+    WHERE k.id = ANY($1::uuid[])
+      AND k.revoked_at IS NULL
+      AND {verdict} IS NOT NULL
+    RETURNING k.id
+)
+SELECT coalesce(array_agg(id), '{{}}') FROM revoked
+"""
+
+_REVOKE_ORPHANS_SQL = {
+    source: _REVOKE_ORPHANS.format(
+        verdict=_VERDICT.format(reason=ORPHAN_REASON_SQL, memberships=source.value)
+    )
+    for source in MembershipSource
+}
+
+
+async def revoke_orphans(
+    conn: Any, key_ids: Sequence[UUID], revoked_by: str, memberships: MembershipSource
+) -> list[UUID]:
+    """R5: revokes those of `key_ids` that are orphaned now; returns the ids it revoked.
+
+    Keys that a membership keeps, or that are already revoked, are left as they are.
+    """
+    if not key_ids:
+        return []
+    revoked: list[UUID] = await conn.fetchval(
+        _REVOKE_ORPHANS_SQL[memberships], list(key_ids), revoked_by, REASON_ORPHANED
+    )
+    return revoked

@@ -1,6 +1,6 @@
 """The command line. Importing a command module registers its command on `app`."""
 
-from cleanup_worker.cli import dlq, migrate, replay, run  # noqa: F401  - registers the commands
+from cleanup_worker.cli import backfill, dlq, migrate, replay, run  # noqa: F401  - registers the commands
 from cleanup_worker.cli.app import app
 
 

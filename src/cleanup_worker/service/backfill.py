@@ -1,0 +1,293 @@
+"""`cleanup-worker backfill`: finds the keys R5 orphans and, with `--execute`, revokes them.
+
+One dedicated connection carries the whole run: it holds the session advisory lock (one
+backfill at a time), the TEMP tables (the memberships file, the candidates), and each
+batch's short transaction. The steps:
+
+1. lock; load `--memberships FILE.csv` if given (validated while it streams, before any write);
+2. open a run record (new, or the interrupted run that `--resume` continues);
+3. assess: one read-only pass finds the orphaned keys in scope (`backfill_runs.assess`);
+4. dry run: report and stop. Otherwise the safety valves decide whether to go on;
+5. revoke in keyset batches of candidate ids, each one transaction that re-checks R5 and
+   records the checkpoint, so a kill at any moment loses nothing that `--resume` cannot
+   finish identically.
+
+SIGTERM (or SIGINT) lets the current batch commit, records the run as `stopped`, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections import Counter
+from contextlib import suppress
+from dataclasses import replace
+from typing import Any
+
+import stamina
+
+from cleanup_worker.adapters import backfill_runs, keys, membership_file, postgres
+from cleanup_worker.adapters.backfill_runs import Assessment, RunRecord
+from cleanup_worker.adapters.keys import MembershipSource
+from cleanup_worker.adapters.membership_file import LoadedFile
+from cleanup_worker.domain.rules import OrphanReason
+from cleanup_worker.errors import AlreadyRunning
+from cleanup_worker.logging import get_logger
+from cleanup_worker.observability import metrics
+from cleanup_worker.service.backfill_plan import (
+    TOP,
+    BackfillError,
+    BackfillRefused,
+    BackfillRequest,
+    QuietReporter,
+    Reporter,
+    RunOptions,
+    Summary,
+    assessment_fields,
+    new_options,
+    refusal,
+    resumed_options,
+)
+from cleanup_worker.settings import Settings
+
+log = get_logger(__name__)
+
+# Deadlocks with the worker, and lock timeouts (see backfill_runs.configure_session), are
+# retried: the batch rolled back and released its own locks.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+_RESUMABLE = frozenset({"running", "interrupted", "stopped", "refused", "failed"})
+
+
+def _retryable(exc: Exception) -> bool:
+    return getattr(exc, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+class Backfill:
+    """One run of the backfill, from lock to summary. `request_stop` may come at any time."""
+
+    def __init__(
+        self, settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
+    ) -> None:
+        self.settings = settings
+        self.request = request
+        self.reporter: Reporter = reporter or QuietReporter()
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("backfill.stop_requested")
+        self._stop.set()
+
+    async def run(self) -> Summary:
+        started = time.monotonic()
+        async with postgres.connect(self.settings) as conn:
+            await backfill_runs.configure_session(conn, self.settings.database_statement_timeout_ms)
+            if not await backfill_runs.try_lock(conn):
+                pid = await backfill_runs.lock_holder(conn)
+                holder = f" (PostgreSQL backend pid {pid})" if pid else ""
+                raise AlreadyRunning(
+                    f"another backfill is running{holder}; only one runs at a time"
+                )
+            await backfill_runs.mark_interrupted(conn)
+            file = None
+            if self.request.memberships is not None:
+                file = await membership_file.load(conn, self.request.memberships)
+            summary, prior = await self._open_run(conn, file)
+            try:
+                await self._run(conn, summary, prior, started)
+            except BackfillRefused:
+                raise
+            except Exception as exc:
+                with suppress(Exception):  # the connection itself may be what failed
+                    await backfill_runs.finish_run(
+                        conn, summary.run_id, "failed", type(exc).__name__
+                    )
+                raise
+            return summary
+
+    async def _open_run(
+        self, conn: Any, file: LoadedFile | None
+    ) -> tuple[Summary, RunRecord | None]:
+        """The run's record: a new one, or (with --resume) the interrupted run it continues."""
+        request = self.request
+        if not request.resume:
+            options = new_options(request, file)
+            summary = Summary(uuid.uuid4(), request.execute, "running", options)
+            await backfill_runs.create_run(conn, summary.run_id, summary.mode, options.as_json())
+            return summary, None
+        prior = await backfill_runs.latest_execute_run(conn)
+        if prior is None:
+            raise BackfillError("nothing to resume: no backfill has run with --execute")
+        if prior.status not in _RESUMABLE:
+            raise BackfillError(f"nothing to resume: the latest run {prior.run_id} completed")
+        options = resumed_options(prior.run_id, RunOptions.from_json(prior.options), request, file)
+        if request.execute:
+            await backfill_runs.restart_run(conn, prior.run_id, options.as_json())
+            summary = Summary(prior.run_id, True, "running", options, resumed=True)
+            summary.revoked = {reason: n for reason, n in prior.revoked.items() if n}
+            return summary, prior
+        # A dry run of --resume: what the interrupted run still has to do, in a record of its own.
+        options = replace(options, resumes=prior.run_id)
+        summary = Summary(uuid.uuid4(), False, "running", options, resumed=True)
+        await backfill_runs.create_run(conn, summary.run_id, "dry_run", options.as_json())
+        return summary, prior
+
+    async def _run(
+        self, conn: Any, summary: Summary, prior: RunRecord | None, started: float
+    ) -> None:
+        source = MembershipSource.FILE if summary.options.memberships else MembershipSource.TABLE
+        log.info(
+            "backfill.started",
+            run_id=str(summary.run_id),
+            mode=summary.mode,
+            resumed=summary.resumed,
+            source=source.value,
+            accounts=len(summary.options.accounts),
+        )
+        self.reporter.assessing()
+        assessed = time.monotonic()
+        found = await backfill_runs.assess(
+            conn,
+            source,
+            accounts=summary.options.accounts or None,
+            after=prior.checkpoint_key_id if prior else None,
+            top=TOP,
+        )
+        summary.assessment, summary.assessment_s = found, time.monotonic() - assessed
+        metrics.BACKFILL_SCANNED.inc(found.keys_scanned)
+        await backfill_runs.record_assessment(
+            conn, summary.run_id, found.keys_scanned, found.candidates
+        )
+        seconds = round(summary.assessment_s, 3)
+        log.info(
+            "backfill.assessed",
+            run_id=str(summary.run_id),
+            seconds=seconds,
+            **assessment_fields(found),
+        )
+        summary.refusal = refusal(
+            found, summary.options, already_revoked=prior.keys_revoked if prior else 0
+        )
+        if not summary.execute:
+            detail = summary.refusal and f"--execute would be refused: {summary.refusal}"
+            await self._finish(conn, summary, "completed", started, detail)
+            return
+        if summary.refusal:
+            await self._finish(conn, summary, "refused", started, summary.refusal)
+            log.warning("backfill.refused", run_id=str(summary.run_id), reason=summary.refusal)
+            raise BackfillRefused(
+                f"refused by a safety valve: {summary.refusal}; nothing "
+                f"{'more ' if summary.resumed else ''}was revoked (run {summary.run_id})",
+                summary,
+            )
+        after = prior.checkpoint_key_id if prior else None
+        done = await self._revoke(conn, summary, source, found, after)
+        await self._finish(conn, summary, "completed" if done else "stopped", started)
+
+    async def _revoke(
+        self,
+        conn: Any,
+        summary: Summary,
+        source: MembershipSource,
+        found: Assessment,
+        after: uuid.UUID | None,
+    ) -> bool:
+        """Walks the candidates in batches; True when all are done, False when stopped."""
+        options = summary.options
+        size = options.batch_size
+        if options.max_rate:
+            size = max(1, min(size, int(options.max_rate)))  # about a batch a second at most
+        revoked_by = f"backfill:{summary.run_id}"
+        self.reporter.revoking(found, found.candidates)
+        began = time.monotonic()
+        while not self._stop.is_set():
+            batch = await backfill_runs.next_candidates(conn, after, size)
+            if not batch:
+                return True
+            revoked = await self._batch(conn, summary, batch, revoked_by, source)
+            after = next(reversed(batch))
+            count = sum(revoked.values())
+            summary.examined += len(batch)
+            summary.revoked_now += count
+            summary.batches += 1
+            for reason, n in revoked.items():
+                summary.revoked[reason] = summary.revoked.get(reason, 0) + n
+            metrics.BACKFILL_REVOKED.inc(count)
+            metrics.KEYS_REVOKED.labels(keys.REASON_ORPHANED).inc(count)
+            self.reporter.advanced(len(batch), count)
+            if options.max_rate:
+                await self._pace(began + summary.examined / options.max_rate)
+        return not await backfill_runs.next_candidates(conn, after, 1)
+
+    async def _batch(
+        self,
+        conn: Any,
+        summary: Summary,
+        batch: dict[uuid.UUID, OrphanReason],
+        revoked_by: str,
+        source: MembershipSource,
+    ) -> Counter[OrphanReason]:
+        """Revokes what is still orphaned of `batch` and records the checkpoint, atomically.
+
+        The counts by R5 case use the case the assessment found for each key.
+        """
+        last = next(reversed(batch))
+        async for attempt in stamina.retry_context(
+            on=_retryable, attempts=10, wait_max=self.settings.retry_max_wait_s
+        ):
+            with attempt:
+                if attempt.num > 1:
+                    log.warning("backfill.batch.retry", attempt=attempt.num)
+                began = time.perf_counter()
+                async with conn.transaction():
+                    revoked_ids = await keys.revoke_orphans(conn, list(batch), revoked_by, source)
+                    revoked = Counter(batch[key] for key in revoked_ids)
+                    await backfill_runs.record_batch(
+                        conn, summary.run_id, last, len(batch), revoked
+                    )
+                took = time.perf_counter() - began
+        summary.longest_transaction_s = max(summary.longest_transaction_s, took)
+        return revoked
+
+    async def _pace(self, due: float) -> None:
+        delay = due - time.monotonic()
+        if delay > 0:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _finish(
+        self, conn: Any, summary: Summary, status: str, started: float, detail: str | None = None
+    ) -> None:
+        summary.status = status
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")  # durable, with all before
+            await backfill_runs.finish_run(conn, summary.run_id, status, detail)
+        summary.duration_s = time.monotonic() - started
+        self.reporter.finished()
+        log.info(
+            f"backfill.{status}",
+            run_id=str(summary.run_id),
+            mode=summary.mode,
+            revoked=summary.revoked_now,
+            examined=summary.examined,
+            batches=summary.batches,
+            seconds=round(summary.duration_s, 3),
+            longest_transaction_ms=round(summary.longest_transaction_s * 1000, 1),
+        )
+
+
+async def run_backfill(
+    settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
+) -> Summary:
+    """Runs a backfill to its end; SIGTERM/SIGINT stop it after the current batch (exit 0)."""
+    backfill = Backfill(settings, request, reporter)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, backfill.request_stop)
+    try:
+        return await backfill.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

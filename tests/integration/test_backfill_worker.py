@@ -1,0 +1,90 @@
+"""The backfill while `cleanup-worker run` consumes removals: they share keys and must agree."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from cleanup_worker.domain.events import MembershipEvent
+from cleanup_worker.service.backfill import Backfill
+from cleanup_worker.service.backfill_plan import BackfillRequest
+from cleanup_worker.settings import Settings
+from tests.integration.helpers import (
+    at,
+    event,
+    eventually,
+    ledger_size,
+    publisher,
+    revoked_keys,
+    running_worker,
+    seed_key,
+)
+
+USERS = 12  # per group
+KEYS = 3  # per user, created at minutes 0, 1, 2
+
+
+async def group(
+    db: Any, name: str, state: str | None, since_minute: int | None = None
+) -> dict[str, list[uuid.UUID]]:
+    """USERS users named `name-i` with KEYS keys each, and a membership row unless None."""
+    users: dict[str, list[uuid.UUID]] = {}
+    for i in range(USERS):
+        user = f"{name}-{i}"
+        if state is not None:
+            await db.execute(
+                "INSERT INTO account_memberships (account_id, iam_id, state, member_since, "
+                "changed_at) VALUES ('acct', $1, $2, $3, $4)",
+                user,
+                state,
+                None if since_minute is None else at(since_minute),
+                at(0),
+            )
+        users[user] = [await seed_key(db, "acct", user, at(minute)) for minute in range(KEYS)]
+    return users
+
+
+@pytest.mark.timeout(180)
+async def test_backfill_alongside_the_worker_ends_in_the_right_state(
+    settings: Settings, db: Any
+) -> None:
+    """Each key ends revoked once, by the backfill or by its removal event, or not at all."""
+    orphans = {
+        **await group(db, "no-row", None),
+        **await group(db, "removed", "removed"),
+        **await group(db, "earlier", "active", since_minute=10),
+    }
+    removed_by_event = await group(db, "leaving", "active")
+    contested = await group(db, "gone", "removed")  # orphaned, and a removal event arrives
+    survivors = {**await group(db, "staying", "active"), **await group(db, "since", "active", 0)}
+    removals: dict[str, MembershipEvent] = {
+        user: event("removed", "acct", user, at(5)) for user in {**removed_by_event, **contested}
+    }
+
+    request = BackfillRequest(execute=True, batch_size=4, max_rate=150, max_fraction=1.0)
+    async with publisher(settings) as pub, running_worker(settings):
+        backfill = asyncio.create_task(Backfill(settings, request).run())
+        for removal in removals.values():
+            await pub.events([removal])
+            await asyncio.sleep(0.02)
+        summary = await backfill
+
+        async def all_applied() -> bool:
+            return await ledger_size(db) == len(removals)
+
+        await eventually(all_applied, timeout=60)
+
+    by_backfill = ("orphaned", f"backfill:{summary.run_id}")
+    revoked = await revoked_keys(db)
+    for keys in orphans.values():
+        assert all(revoked[key] == by_backfill for key in keys)
+    for user, keys in removed_by_event.items():
+        assert all(revoked[key] == ("member_removed", removals[user].ref) for key in keys)
+    for user, keys in contested.items():
+        by_event = ("member_removed", removals[user].ref)
+        assert all(revoked[key] in (by_backfill, by_event) for key in keys)
+    assert not {key for keys in survivors.values() for key in keys} & set(revoked)
+    assert summary.keys_revoked == sum(1 for who in revoked.values() if who == by_backfill)
