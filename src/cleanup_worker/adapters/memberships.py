@@ -73,20 +73,28 @@ def _membership(row: Any) -> Membership:
 
 
 _RECORD_EVENTS = """
-INSERT INTO membership_events (source, event_id, account_id, iam_id, change, event_time,
-                               event_type, kafka_topic, kafka_partition, kafka_offset)
-SELECT r.source, r.event_id, r.account_id, r.iam_id, r.change, r.event_time,
-       r.event_type, r.kafka_topic, r.kafka_partition, r.kafka_offset
-FROM json_to_recordset($1::json) AS r(
-    source text, event_id text, account_id text, iam_id text, change text,
-    event_time timestamptz, event_type text, kafka_topic text, kafka_partition int,
-    kafka_offset bigint)
-ON CONFLICT (source, event_id) DO NOTHING
-RETURNING source, event_id, account_id, iam_id,
-    -- The statement's snapshot does not see its own inserts: this is "seen before".
-    EXISTS (SELECT 1 FROM membership_events AS prior
-            WHERE prior.account_id = membership_events.account_id
-              AND prior.iam_id = membership_events.iam_id) AS had_history
+WITH inserted AS (
+    INSERT INTO membership_events (source, event_id, account_id, iam_id, change, event_time,
+                                   event_type, kafka_topic, kafka_partition, kafka_offset)
+    SELECT r.source, r.event_id, r.account_id, r.iam_id, r.change, r.event_time,
+           r.event_type, r.kafka_topic, r.kafka_partition, r.kafka_offset
+    FROM json_to_recordset($1::json) AS r(
+        source text, event_id text, account_id text, iam_id text, change text,
+        event_time timestamptz, event_type text, kafka_topic text, kafka_partition int,
+        kafka_offset bigint)
+    ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING source, event_id, account_id, iam_id
+)
+-- The outer query reads the ledger as it was before the INSERT: "seen before". LATERAL with
+-- LIMIT keeps this an index probe per row; a plain EXISTS may be planned as a hash of the
+-- whole ledger when its statistics are stale.
+SELECT i.source, i.event_id, i.account_id, i.iam_id, prior.seen IS NOT NULL AS had_history
+FROM inserted AS i
+LEFT JOIN LATERAL (
+    SELECT true AS seen FROM membership_events AS e
+    WHERE e.account_id = i.account_id AND e.iam_id = i.iam_id
+    LIMIT 1
+) AS prior ON true
 """
 
 
