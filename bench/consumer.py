@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -226,7 +227,7 @@ class Worker:
     async def __aenter__(self) -> Worker:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "cleanup_worker", "run", env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "wb"),
         )  # fmt: skip
         self._sampler = asyncio.create_task(self._sample())
         return self

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     )
     max_event_bytes: int = Field(default=65_536, ge=256, le=10_485_760)
 
-    batch_max_records: int = Field(default=1000, ge=1, le=100_000)
+    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=100, ge=0, le=60_000)
     batches_in_flight: int = Field(default=3, ge=1, le=16)
     shutdown_grace_s: float = Field(default=25.0, gt=0)

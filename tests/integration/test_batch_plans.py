@@ -1,0 +1,123 @@
+"""The batch statements stay index lookups however large the tables grow after the worker
+prepared them: a batch costs what the batch holds, not what the tables hold.
+
+asyncpg prepares every statement once per connection, and PostgreSQL may keep a generic plan
+made when the tables were new and empty (it then assumes ten pages). These tests make such a
+plan, grow the tables, and look at the plan a batch would run.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from cleanup_worker.adapters import keys, memberships
+
+T = datetime(2026, 1, 1, tzinfo=UTC)
+MEMBERS = 30
+BIG_TABLES = {"api_keys", "membership_events", "account_memberships", "membership_baselines"}
+
+
+async def _grow_tables(db: Any) -> None:
+    await db.execute(
+        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
+        "SELECT gen_random_uuid(), 'a' || (g % 100), 'u' || g, 'h', $1 "
+        "FROM generate_series(1, 60000) AS g",
+        T,
+    )
+    await db.execute(
+        "INSERT INTO membership_events (source, event_id, account_id, iam_id, change, "
+        "event_time, event_type) SELECT '/s', 'e' || g, 'a' || (g % 100), 'u' || g, 'removed', "
+        "$1, 't' FROM generate_series(1, 60000) AS g",
+        T,
+    )
+    await db.execute(
+        "INSERT INTO account_memberships SELECT 'a' || (g % 100), 'u' || g, 'removed', NULL, $1 "
+        "FROM generate_series(1, 60000) AS g",
+        T,
+    )
+    await db.execute(
+        "INSERT INTO membership_baselines (account_id, iam_id, state, changed_at) "
+        "SELECT 'a' || (g % 100), 'u' || g, 'removed', $1 FROM generate_series(1, 60000) AS g",
+        T,
+    )
+
+
+def _literal(value: Any) -> str:
+    """An SQL literal for EXECUTE, which takes no bind parameters (test values only)."""
+    if isinstance(value, list):
+        items = ",".join("NULL" if v is None else f'"{_text(v)}"' for v in value)
+        return f"'{{{items}}}'"
+    return f"'{_text(value)}'"
+
+
+def _text(value: Any) -> str:
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return text.replace("'", "''")
+
+
+def _scans(plan: Any) -> list[tuple[str, str]]:
+    found = []
+    if isinstance(plan, dict):
+        if plan.get("Node Type") == "Seq Scan":
+            found.append(("seq scan", plan.get("Relation Name", "")))
+        if plan.get("Node Type") == "Hash" or plan.get("Subplan Name", "").startswith("hashed"):
+            found.append(("hash", plan.get("Relation Name", "") or plan.get("Subplan Name", "")))
+        for value in plan.values():
+            found.extend(_scans(value))
+    elif isinstance(plan, list):
+        for item in plan:
+            found.extend(_scans(item))
+    return found
+
+
+def _big_table_scans(plan: Any) -> list[tuple[str, str]]:
+    return [(kind, name) for kind, name in _scans(plan) if kind == "hash" or name in BIG_TABLES]
+
+
+accounts = [f"a{i}" for i in range(MEMBERS)]
+iam_ids = [f"new{i}" for i in range(MEMBERS)]
+ledger_rows = json.dumps(
+    [
+        {"source": "/s", "event_id": f"n{i}", "account_id": a, "iam_id": u, "change": "removed",
+         "event_time": T.isoformat(), "event_type": "t", "kafka_topic": None,
+         "kafka_partition": None, "kafka_offset": None}
+        for i, (a, u) in enumerate(zip(accounts, iam_ids, strict=True))
+    ]
+)  # fmt: skip
+
+STATEMENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "lock members": (memberships._LOCK_MEMBERS, (accounts, iam_ids)),
+    "capture baselines": (memberships._CAPTURE_BASELINES, (accounts, iam_ids)),
+    "record events": (memberships._RECORD_EVENTS, (ledger_rows,)),
+    "revoke for removals": (
+        keys._REVOKE_FOR_REMOVALS,
+        (accounts, iam_ids, [T] * MEMBERS, ["event:/s#x"] * MEMBERS),
+    ),
+    "load history": (memberships._HISTORY, (accounts, iam_ids)),
+    "load baselines": (memberships._BASELINES, (accounts, iam_ids)),
+    "write memberships": (
+        memberships._UPSERT_MEMBERSHIPS,
+        (accounts, iam_ids, ["removed"] * MEMBERS, [None] * MEMBERS, [T] * MEMBERS),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATEMENTS))
+async def test_batch_statement_keeps_to_indexes_as_tables_grow(db: Any, name: str) -> None:
+    """A plan made on new, empty tables still reads them through their indexes once large."""
+    sql, args = STATEMENTS[name]
+    placeholders = ", ".join(_literal(arg) for arg in args)
+    async with db.transaction():
+        await memberships.prefer_index_lookups(db)
+        await db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await db.execute(f"PREPARE batch_statement AS {sql}")
+        await db.execute(f"EXECUTE batch_statement({placeholders})")
+        await _grow_tables(db)
+        raw = await db.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE batch_statement({placeholders})")
+        await db.execute("DEALLOCATE batch_statement")
+    plan = json.loads(raw) if isinstance(raw, str) else raw
+    assert _big_table_scans(plan) == []
