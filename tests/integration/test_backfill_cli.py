@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -240,3 +241,29 @@ async def test_malformed_memberships_file_exits_1_naming_the_line(
     assert "members.csv line 3: member_since is not an RFC 3339 time" in done.stderr
     assert await key_table(db) == before
     assert await db.fetchval("SELECT count(*) FROM backfill_runs") == 0
+
+
+async def test_metrics_port_serves_progress_while_running(database_url: str, db: Any) -> None:
+    """With --metrics-port, the run's counters can be scraped while it is under way."""
+    await seed(db)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = await start(
+        database_url, "--execute", "--batch-size", "10", "--max-rate", "100",
+        "--metrics-port", str(port),
+    )  # fmt: skip
+    await until_batches(db, 2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    body = (await reader.read()).decode()
+    writer.close()
+    await writer.wait_closed()
+    process.send_signal(signal.SIGTERM)
+    assert (await finish(process, timeout=20)).code == 0
+    scanned = [
+        line for line in body.splitlines() if line.startswith("cleanup_backfill_keys_scanned_total")
+    ]
+    assert scanned
+    assert float(scanned[0].split()[-1]) > 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +15,7 @@ from cleanup_worker.service.backfill_plan import (
     DEFAULT_MAX_FRACTION,
     BackfillRequest,
 )
+from cleanup_worker.settings import Settings
 
 _EXECUTE = "Revoke the orphaned keys. Without it the run is a dry run that changes no key."
 _RESUME = (
@@ -99,6 +101,15 @@ def backfill(
         typer.Option("--account", metavar="ID", help="Only keys of this account (repeatable)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve /metrics on this port while the run lasts (for Prometheus).",
+        ),
+    ] = None,
 ) -> None:
     """Find the keys whose owner is no longer a member (R5); with --execute, revoke them."""
     # Imported here so that `--help` stays fast.
@@ -115,4 +126,18 @@ def backfill(
         memberships=memberships,
         accounts=tuple(dict.fromkeys(accounts or ())),
     )
-    run_async(run_and_report(settings, request, as_json=as_json))
+    run_async(
+        _with_metrics(settings, metrics_port, run_and_report(settings, request, as_json=as_json))
+    )
+
+
+async def _with_metrics(
+    settings: Settings, port: int | None, run: Coroutine[Any, Any, None]
+) -> None:
+    if port is None:
+        await run
+        return
+    from cleanup_worker.observability.http import metrics_endpoint  # noqa: PLC0415
+
+    async with metrics_endpoint(settings.http_host, port):
+        await run
