@@ -218,17 +218,23 @@ def percentile(buckets: dict[float, float], q: float) -> float:
 class Worker:
     """`cleanup-worker run` as a subprocess, its memory sampled while it lives."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log_path: str) -> None:
         self.env = env
+        self.log_path = log_path
         self.port = int(env["CLEANUP_HTTP_PORT"])
         self.peak_rss = 0
         self.rss_now = 0
 
     async def __aenter__(self) -> Worker:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cleanup_worker", "run", env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "wb"),
-        )  # fmt: skip
+        # The worker's log goes to --worker-log (or nowhere).
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cleanup_worker", "run", env=self.env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=log_fd,
+            )  # fmt: skip
+        finally:
+            os.close(log_fd)
         self._sampler = asyncio.create_task(self._sample())
         return self
 
@@ -328,7 +334,7 @@ async def main(args: argparse.Namespace) -> None:
             "CLEANUP_LOG_LEVEL": "warning",
             **dict(item.split("=", 1) for item in args.worker_env),
         }
-        async with Worker(worker_env) as worker:
+        async with Worker(worker_env, args.worker_log) as worker:
             cpu_before = psutil.Process(worker.process.pid).cpu_times()
             machine_before = psutil.cpu_times()
             first, last, first_count = await wait_for_applied(worker.port, n, timeout=600)
@@ -378,6 +384,7 @@ if __name__ == "__main__":
     parser.add_argument("--naive-events", type=int, default=3_000)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--worker-log", default=os.devnull, help="where the worker's log goes")
     parser.add_argument(
         "--worker-env",
         action="append",
