@@ -110,7 +110,7 @@ class WorkerProcess:
         settings = self.settings
         async with AsyncExitStack() as stack:
             self.http = HealthServer(
-                self.health, self._ping, settings.http_host, settings.http_port
+                self.health, self._ping, self._ping_broker, settings.http_host, settings.http_port
             )
             await self.http.start()
             stack.push_async_callback(self.http.stop)
@@ -137,6 +137,17 @@ class WorkerProcess:
                 consuming.cancel()
                 with suppress(asyncio.CancelledError):
                     await consuming
+
+    async def _ping_broker(self) -> bool:
+        """A metadata request: the consumer itself retries quietly, so ask the cluster."""
+        if self.worker is None:
+            return False
+        try:
+            async with asyncio.timeout(2):
+                await self.worker.consumer.topics()
+        except Exception:  # noqa: BLE001 - any failure means "not ready"; the caller needs a bool
+            return False
+        return True
 
     async def _ping(self) -> bool:
         return self.pool is not None and await postgres.ping(self.pool)

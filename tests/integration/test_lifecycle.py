@@ -111,16 +111,19 @@ async def test_sigkill_mid_stream_then_restart_ends_right(settings: Settings, db
     assert await committed_offsets(settings) == await end_offsets(settings)
 
 
-def _postgres_pid() -> int:
-    return int((ROOT / ".dev" / "postgres.pid").read_text().strip())
-
-
 async def _restart_postgres(services: Services, pause_s: float) -> None:
     """Stops the dev PostgreSQL (fast shutdown), waits, and starts it again."""
-    assert services.origin == "dev-services", "restarting PostgreSQL needs the dev services"
-    pid = _postgres_pid()
-    os.kill(pid, signal.SIGINT)
-    async with asyncio.timeout(30):
+    await _restart_dev_service(services, "postgres", signal.SIGINT, pause_s)
+
+
+async def _restart_dev_service(
+    services: Services, name: str, stop_signal: signal.Signals, pause_s: float
+) -> None:
+    """Stops one of the dev services by its pid file, waits, and brings it back with `up`."""
+    assert services.origin == "dev-services", f"restarting {name} needs the dev services"
+    pid = int((ROOT / ".dev" / f"{name}.pid").read_text().strip())
+    os.kill(pid, stop_signal)
+    async with asyncio.timeout(60):
         while await asyncio.to_thread(Path(f"/proc/{pid}").exists):
             await asyncio.sleep(0.1)
     await asyncio.sleep(pause_s)
@@ -184,6 +187,52 @@ async def test_postgres_restart_mid_stream_loses_nothing(
         finally:
             await db.close()
         await eventually(ready)
+
+
+@pytest.mark.timeout(240)
+async def test_broker_restart_mid_stream_loses_nothing(
+    settings: Settings, services: Services, db: Any
+) -> None:
+    """The Kafka broker restarted between two halves of a stream: readiness drops while it is
+    away, the worker carries on by itself, and every event is applied and committed."""
+    events = _removals(STREAM)
+    await _seed_keys_for(db, events)
+    async with running_worker(settings) as process:
+        assert process.http is not None
+        assert process.http.port is not None
+        port = process.http.port
+        await _publish(settings, events[: STREAM // 2])
+
+        async def first_half() -> bool:
+            return await ledger_size(db) == STREAM // 2
+
+        await eventually(first_half, timeout=60)
+        restart = asyncio.create_task(
+            _restart_dev_service(services, "kafka", signal.SIGTERM, pause_s=3)
+        )
+
+        async def not_ready() -> bool:
+            return await _http_status(port, "/readyz") == 503
+
+        await eventually(not_ready, timeout=60, interval=0.2)
+        assert await _http_status(port, "/livez") == 200
+        await restart
+        await _publish(settings, events[STREAM // 2 :])
+
+        async def finished() -> bool:
+            return await _all_revoked(db, STREAM)
+
+        await eventually(finished, timeout=120)
+
+        async def ready() -> bool:
+            return await _http_status(port, "/readyz") == 200
+
+        await eventually(ready, timeout=60)
+
+        async def committed() -> bool:
+            return await committed_offsets(settings) == await end_offsets(settings)
+
+        await eventually(committed, timeout=60)
 
 
 async def test_livez_fails_when_the_poll_loop_is_wedged(settings: Settings) -> None:

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 @dataclass
 class Health:
     """Liveness: the poll loop is turning (or deliberately waiting on the database).
-    Readiness: partitions are assigned and the database answers."""
+    Readiness: partitions are assigned, and the database and the broker answer."""
 
     liveness_timeout_s: float
     last_poll: float = field(default_factory=time.monotonic)
     waiting_on_database: bool = False
     assigned_partitions: int = 0
     database_ok: bool = False
+    broker_ok: bool = True
     running: bool = False
 
     def polled(self) -> None:
@@ -35,5 +36,6 @@ class Health:
             self.running
             and self.assigned_partitions > 0
             and self.database_ok
+            and self.broker_ok
             and not self.waiting_on_database
         )

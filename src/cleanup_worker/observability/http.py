@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -16,10 +17,16 @@ class HealthServer:
     """A small aiohttp server with an explicit start and stop."""
 
     def __init__(
-        self, health: Health, database_ping: Callable[[], Awaitable[bool]], host: str, port: int
+        self,
+        health: Health,
+        database_ping: Callable[[], Awaitable[bool]],
+        broker_ping: Callable[[], Awaitable[bool]],
+        host: str,
+        port: int,
     ) -> None:
         self._health = health
         self._ping = database_ping
+        self._broker_ping = broker_ping
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -31,13 +38,16 @@ class HealthServer:
         return web.Response(status=200 if live else 503, text=body + "\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        self._health.database_ok = await self._ping()
+        self._health.database_ok, self._health.broker_ok = await asyncio.gather(
+            self._ping(), self._broker_ping()
+        )
         ready = self._health.is_ready()
         metrics.READY.set(1 if ready else 0)
         body = (
             f"{'ready' if ready else 'not ready'}: "
             f"partitions={self._health.assigned_partitions} "
-            f"database={'ok' if self._health.database_ok else 'unreachable'}"
+            f"database={'ok' if self._health.database_ok else 'unreachable'} "
+            f"broker={'ok' if self._health.broker_ok else 'unreachable'}"
         )
         return web.Response(status=200 if ready else 503, text=body + "\n")
 
