@@ -18,7 +18,9 @@ from cleanup_worker.adapters import keys, memberships
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 MEMBERS = 30
-BIG_TABLES = {"api_keys", "membership_events", "account_memberships", "membership_baselines"}
+BIG_TABLES = {
+    "api_keys", "membership_events", "account_memberships", "membership_baselines", "member_locks",
+}  # fmt: skip
 
 
 async def _grow_tables(db: Any) -> None:
@@ -38,6 +40,10 @@ async def _grow_tables(db: Any) -> None:
         "INSERT INTO account_memberships SELECT 'a' || (g % 100), 'u' || g, 'removed', NULL, $1 "
         "FROM generate_series(1, 60000) AS g",
         T,
+    )
+    await db.execute(
+        "INSERT INTO member_locks SELECT 'a' || (g % 100), 'u' || g "
+        "FROM generate_series(1, 60000) AS g"
     )
     await db.execute(
         "INSERT INTO membership_baselines (account_id, iam_id, state, changed_at) "
@@ -90,6 +96,7 @@ ledger_rows = json.dumps(
 )  # fmt: skip
 
 STATEMENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "ensure member locks": (memberships._ENSURE_MEMBER_LOCKS, (accounts, iam_ids)),
     "lock members": (memberships._LOCK_MEMBERS, (accounts, iam_ids)),
     "capture baselines": (memberships._CAPTURE_BASELINES, (accounts, iam_ids)),
     "record events": (memberships._RECORD_EVENTS, (ledger_rows,)),
@@ -121,3 +128,28 @@ async def test_batch_statement_keeps_to_indexes_as_tables_grow(db: Any, name: st
         await db.execute("DEALLOCATE batch_statement")
     plan = json.loads(raw) if isinstance(raw, str) else raw
     assert _big_table_scans(plan) == []
+
+
+async def test_member_locks_scale_to_many_large_concurrent_batches(database_url: str) -> None:
+    """A dozen concurrent batches of 2000 members each take their member locks without
+    exhausting PostgreSQL's shared lock table (row locks, not one advisory lock a member)."""
+    import asyncio  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    release = asyncio.Event()
+
+    async def batch(n: int) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                members = sorted((f"acct-{n}", f"user-{i}") for i in range(2000))
+                await memberships.lock_members(conn, members)
+                await release.wait()
+        finally:
+            await conn.close()
+
+    tasks = [asyncio.create_task(batch(n)) for n in range(12)]
+    await asyncio.sleep(2)
+    release.set()
+    await asyncio.gather(*tasks)

@@ -32,19 +32,32 @@ async def prefer_index_lookups(conn: Any) -> None:
     await conn.execute(_PREFER_INDEX_LOOKUPS)
 
 
-# Sorted so that two transactions needing overlapping members cannot deadlock on these locks;
-# PostgreSQL evaluates the volatile lock function after the ORDER BY.
+# A member's lock row is created the first time a batch touches it; a concurrent batch
+# inserting the same row waits for ours to end. Sorted, so that batches wait for each other
+# in one order and cannot deadlock.
+_ENSURE_MEMBER_LOCKS = """
+INSERT INTO member_locks (account_id, iam_id)
+SELECT m.a, m.u FROM unnest($1::text[], $2::text[]) AS m(a, u)
+ORDER BY m.a, m.u
+ON CONFLICT DO NOTHING
+"""
+
+# A second statement, so that its snapshot sees rows another batch committed while the first
+# waited. The rows are locked in sorted order (the lock is taken above the sort).
 _LOCK_MEMBERS = """
-SELECT pg_advisory_xact_lock(k)
-FROM (SELECT DISTINCT hashtextextended(a || chr(31) || u, 7) AS k
-      FROM unnest($1::text[], $2::text[]) AS m(a, u)) AS keys
-ORDER BY k
+SELECT 1
+FROM member_locks AS l
+JOIN unnest($1::text[], $2::text[]) AS m(a, u) ON l.account_id = m.a AND l.iam_id = m.u
+ORDER BY l.account_id, l.iam_id
+FOR UPDATE OF l
 """
 
 
 async def lock_members(conn: Any, members: Sequence[Member]) -> None:
     """Serialises work on the same members across replicas until this transaction ends."""
-    await conn.execute(_LOCK_MEMBERS, *_columns(members))
+    accounts, iam_ids = _columns(members)
+    await conn.execute(_ENSURE_MEMBER_LOCKS, accounts, iam_ids)
+    await conn.execute(_LOCK_MEMBERS, accounts, iam_ids)
 
 
 _CAPTURE_BASELINES = """
