@@ -99,8 +99,8 @@ class WorkerProcess:
             rebalance_drain_s=settings.rebalance_drain_s,
             retry_max_wait_s=settings.retry_max_wait_s,
         )
-        await self.worker.start()
         stack.push_async_callback(self.worker.stop, 5.0)
+        await self.worker.start()
         self.started.set()
         if self._stop.is_set():
             self.worker.request_stop()

@@ -9,6 +9,7 @@ import pytest
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.domain.rules import Membership, State
+from cleanup_worker.observability import metrics
 from cleanup_worker.settings import Settings
 from tests.integration.helpers import (
     at,
@@ -32,6 +33,8 @@ async def _wait_for_ledger(db: Any, count: int) -> None:
 
 async def test_duplicates_change_nothing(settings: Settings, db: Any) -> None:
     """The same removal delivered three times is applied once and counted as duplicate."""
+    duplicates = metrics.EVENTS.labels("account.member.removed", "duplicate")
+    before = duplicates._value.get()
     key = await seed_key(db, "acct", "alice", at(0))
     removal = event("removed", "acct", "alice", at(5))
     async with publisher(settings) as pub, running_worker(settings) as process:
@@ -47,6 +50,7 @@ async def test_duplicates_change_nothing(settings: Settings, db: Any) -> None:
         await eventually(third_seen)
     assert await revoked_keys(db) == {key: ("member_removed", removal.ref)}
     assert await ledger_size(db) == 1
+    assert duplicates._value.get() - before == 2
 
 
 async def test_re_added_member_keeps_old_keys_dead_and_new_key_alive(
@@ -136,5 +140,12 @@ async def test_two_workers_in_one_group_end_right(settings: Settings, db: Any) -
         for e in events:
             await pub.events([e], partition=rng.randrange(3))
         await _wait_for_ledger(db, len(events))
-    _, expected_revoked = expected_state({}, facts, events)
+    expected_rows, expected_revoked = expected_state({}, facts, events)
     assert {str(key_id) for key_id in await revoked_keys(db)} == expected_revoked
+    rows = {
+        (r["account_id"], r["iam_id"]): Membership(
+            State(r["state"]), r["member_since"], r["changed_at"]
+        )
+        for r in await db.fetch("SELECT * FROM account_memberships")
+    }
+    assert rows == expected_rows

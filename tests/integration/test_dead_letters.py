@@ -142,3 +142,24 @@ async def test_event_the_database_rejects_is_isolated(settings: Settings, db: An
     assert provenance[dlq.H_ERROR_CLASS] == "CheckViolationError"
     assert "23514" in provenance[dlq.H_ERROR_MESSAGE]
     assert await end_offsets(settings) == {0: 2, 1: 0, 2: 0}
+
+
+async def test_record_too_large_to_forward_is_dead_lettered_without_its_value(
+    settings: Settings, db: Any
+) -> None:
+    """A malformed record so large that the provenance pushes it over Kafka's limit is
+    dead-lettered with its provenance and its size instead of blocking the partition."""
+    value = b"x" * 1_048_200  # fits the producer's 1 MiB request limit only without our headers
+    async with publisher(settings) as pub, running_worker(settings):
+        await pub.raw(value, [], key=b"big", partition=1)
+
+        async def committed() -> bool:
+            return (await committed_offsets(settings)).get(1) == 1
+
+        await eventually(committed)
+    [letter] = await read_topic(settings, settings.dlq_topic)
+    headers = dict(letter.headers)
+    assert letter.value is None
+    assert headers[dlq.H_VALUE_DROPPED] == b"1048200"
+    assert dlq.decode_provenance(headers)[dlq.H_OFFSET] == "0"
+    assert await ledger_size(db) == 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import stamina
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
 from cleanup_worker import __version__
 from cleanup_worker.adapters.kafka import Record
@@ -28,9 +28,10 @@ H_ERROR_CLASS = "dlq.error.class"
 H_ERROR_MESSAGE = "dlq.error.message"
 H_VERSION = "dlq.worker.version"
 H_FAILED_AT = "dlq.failed.at"
+H_VALUE_DROPPED = "dlq.value.dropped"  # bytes of a value too large to forward
 PROVENANCE_HEADERS = frozenset(
     {H_TOPIC, H_PARTITION, H_OFFSET, H_TIMESTAMP, H_KEY, H_GROUP, H_ERROR_CLASS,
-     H_ERROR_MESSAGE, H_VERSION, H_FAILED_AT}
+     H_ERROR_MESSAGE, H_VERSION, H_FAILED_AT, H_VALUE_DROPPED}
 )  # fmt: skip
 
 
@@ -68,6 +69,12 @@ def decode_provenance(headers: Mapping[str, bytes | None]) -> dict[str, str]:
     }
 
 
+def _worth_retrying(exc: Exception) -> bool:
+    return isinstance(exc, KafkaError) and not isinstance(
+        exc, MessageSizeTooLargeError | RecordTooLargeError
+    )
+
+
 class DeadLetterPublisher:
     """Publishes to the dead-letter topic, retrying until the broker has it.
 
@@ -81,18 +88,34 @@ class DeadLetterPublisher:
         self._group = group
         self._retry_max_wait_s = retry_max_wait_s
 
-    async def publish(self, record: Record, failure: Failure) -> None:
-        own = [(name, value) for name, value in record.headers if name not in PROVENANCE_HEADERS]
-        headers = own + provenance_headers(record, self._group, failure)
+    async def _send(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+    ) -> None:
+        # Every other error is retried, without end: a broker that is down, or a missing
+        # permission, must block the commit rather than lose the dead letter.
         async for attempt in stamina.retry_context(
-            on=KafkaError, attempts=None, timeout=None, wait_max=self._retry_max_wait_s
+            on=_worth_retrying, attempts=None, timeout=None, wait_max=self._retry_max_wait_s
         ):
             with attempt:
                 if attempt.num > 1:
                     log.warning("dlq.publish.retry", attempt=attempt.num)
                 await self._producer.send_and_wait(
-                    self._topic, value=record.value, key=record.key, headers=headers
+                    self._topic, value=value, key=key, headers=headers
                 )
+
+    async def publish(self, record: Record, failure: Failure) -> None:
+        own = [(name, value) for name, value in record.headers if name not in PROVENANCE_HEADERS]
+        provenance = provenance_headers(record, self._group, failure)
+        try:
+            await self._send(record.key, record.value, [*own, *provenance])
+        except (MessageSizeTooLargeError, RecordTooLargeError):
+            # Too large to forward whole (the provenance made it so, or the topics' limits
+            # differ). Retrying cannot help and would block the partition for good: send the
+            # provenance alone, with the size, so the offset can move and nothing is silent.
+            size = len(record.value or b"")
+            log.error("dlq.value_dropped", topic=record.topic, offset=record.offset, bytes=size)
+            dropped: list[tuple[str, bytes | None]] = [*provenance, (H_VALUE_DROPPED, b"%d" % size)]
+            await self._send(record.key, None, dropped)
         metrics.DEAD_LETTERS.labels(failure.error_class).inc()
         log.warning(
             "dlq.published",

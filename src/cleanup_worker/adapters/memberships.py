@@ -69,14 +69,16 @@ WHERE NOT EXISTS (
     SELECT 1 FROM membership_events AS e
     WHERE e.account_id = m.account_id AND e.iam_id = m.iam_id
 )
-ON CONFLICT DO NOTHING
+-- A baseline kept earlier (only possible when a producer reused an event identity for another
+-- member) is returned as it was, so that it is not forgotten.
+ON CONFLICT (account_id, iam_id) DO UPDATE SET captured_at = membership_baselines.captured_at
 RETURNING account_id, iam_id, state, member_since, changed_at
 """
 
 
 async def capture_baselines(conn: Any, members: Sequence[Member]) -> dict[Member, Membership]:
     """R3: a row that predates every event of its member is kept as that member's baseline.
-    Returns the baselines captured now (members seen for the first time)."""
+    Returns the baselines of the members that have no event in the ledger yet."""
     rows = await conn.fetch(_CAPTURE_BASELINES, *_columns(members))
     return {(r["account_id"], r["iam_id"]): _membership(r) for r in rows}
 

@@ -37,6 +37,8 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._worker.drain_in_flight()
+        # Not ready until the group hands partitions out again.
+        self._worker.health.assigned_partitions = 0
         log.info("kafka.partitions.revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -89,11 +91,14 @@ class Worker:
         self.batches = 0
 
     async def start(self) -> None:
+        """Joins the group, retrying while the broker is unreachable, unless asked to stop."""
         self.consumer.subscribe(self._topics, listener=_DrainOnRevoke(self))
         async for attempt in stamina.retry_context(
             on=KafkaError, attempts=None, timeout=None, wait_max=self._retry_max_wait_s
         ):
             with attempt:
+                if self._stopping.is_set():
+                    return
                 if attempt.num > 1:
                     log.warning("kafka.connect.retry", attempt=attempt.num)
                 await self.consumer.start()
@@ -132,13 +137,16 @@ class Worker:
                     await self._settle(wait_for=len(self._in_flight) - allowed + 1)
                     self._start_batch(fetched, parsed)
                 await self._settle(wait_for=0)
-            await self._settle(wait_for=len(self._in_flight))
+            await self._settle(wait_for=None)
         finally:
             fetching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetching
-            for batch in self._in_flight:  # only after a crash: never committed, so redelivered
-                batch.applying.cancel()
+            # Only after a crash are batches left: never committed, so they are redelivered.
+            leftovers = [batch.applying for batch in self._in_flight]
+            for task in leftovers:
+                task.cancel()
+            # Awaited, so that nothing runs on after this returns (the pool closes next);
+            # return_exceptions keeps the original error the one that propagates.
+            await asyncio.gather(fetching, *leftovers, return_exceptions=True)
 
     async def _fetch(self) -> tuple[Fetched, ParsedBatch]:
         fetched = await self.consumer.getmany(
@@ -158,13 +166,18 @@ class Worker:
             )
         )
 
-    async def _settle(self, wait_for: int) -> None:
+    async def _settle(self, wait_for: int | None) -> None:
         """Commits the offsets of finished batches, oldest first; waits for the oldest
-        `wait_for` batches to finish (and commits those that finished behind them)."""
+        `wait_for` batches (None: all of them) to finish, and commits those that finished
+        behind them."""
         async with self._settling:
+            if wait_for is None:
+                wait_for = len(self._in_flight)
             while self._in_flight and (wait_for > 0 or self._in_flight[0].applying.done()):
                 batch = self._in_flight[0]
-                outcome = await batch.applying  # a crash propagates: nothing more is committed
+                # Shielded: a caller that gives up waiting (a bounded rebalance drain) must not
+                # cancel the batch itself; the next settle picks it up.
+                outcome = await asyncio.shield(batch.applying)  # a crash propagates
                 self._in_flight.popleft()
                 wait_for -= 1
                 await self._commit(batch.offsets)
@@ -207,7 +220,7 @@ class Worker:
         """Finishes and commits the batches in flight (bounded); called before partitions move."""
         try:
             async with asyncio.timeout(self._rebalance_drain_s):
-                await self._settle(wait_for=len(self._in_flight))
+                await self._settle(wait_for=None)
         except TimeoutError:
             log.warning("kafka.rebalance.drain_timeout", seconds=self._rebalance_drain_s)
 

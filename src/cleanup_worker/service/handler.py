@@ -32,9 +32,12 @@ from cleanup_worker.service.batch_transaction import apply_events
 
 log = get_logger(__name__)
 
-# Data-dependent failures: this event cannot be stored, but its neighbours can. Anything else
-# that is not transient (permissions, a missing table) is a deployment fault and must stop us.
-_PER_EVENT_SQLSTATE_CLASSES = ("22", "23")
+# Data-dependent failures: this event cannot be stored, but its neighbours can. A statement
+# timeout (57014) is treated alike: the batch is split until the event that is too costly on
+# its own (say, a removal of a member with millions of keys) stands alone and is
+# dead-lettered, instead of blocking its partition. Anything else that is not transient
+# (permissions, a missing table) is a deployment fault and must stop us.
+_PER_EVENT_SQLSTATE_CLASSES = ("22", "23", "57014")
 
 
 class DeadLetterSink(Protocol):
