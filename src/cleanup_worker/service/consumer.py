@@ -188,7 +188,10 @@ class Worker:
         elapsed = time.perf_counter() - batch.started
         metrics.BATCH_DURATION.observe(elapsed)
         metrics.BATCH_SIZE.observe(batch.records)
+        owned = self.consumer.assignment()
         for tp, offset in batch.offsets.items():
+            if tp not in owned:  # moved to another member meanwhile: its lag is theirs to report
+                continue
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
