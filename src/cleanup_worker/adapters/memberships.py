@@ -40,6 +40,7 @@ INSERT INTO member_locks (account_id, iam_id)
 SELECT m.a, m.u FROM unnest($1::text[], $2::text[]) AS m(a, u)
 ORDER BY m.a, m.u
 ON CONFLICT DO NOTHING
+RETURNING account_id, iam_id
 """
 
 # A second statement, so that its snapshot sees rows another batch committed while the first
@@ -55,9 +56,15 @@ FOR UPDATE OF l
 
 async def lock_members(conn: Any, members: Sequence[Member]) -> None:
     """Serialises work on the same members across replicas until this transaction ends."""
-    accounts, iam_ids = _columns(members)
-    await conn.execute(_ENSURE_MEMBER_LOCKS, accounts, iam_ids)
-    await conn.execute(_LOCK_MEMBERS, accounts, iam_ids)
+    created = {
+        (row["account_id"], row["iam_id"])
+        for row in await conn.fetch(_ENSURE_MEMBER_LOCKS, *_columns(members))
+    }
+    # A row this transaction created is already ours alone: nobody can see it, and whoever
+    # inserts it too waits for us. Only the rows that existed need locking.
+    existing = [member for member in members if member not in created]
+    if existing:
+        await conn.execute(_LOCK_MEMBERS, *_columns(existing))
 
 
 _CAPTURE_BASELINES = """
