@@ -24,6 +24,15 @@ from tests.integration.helpers import (
 from tests.oracle import KeyFact, expected_state
 
 
+async def membership_rows(db: Any) -> dict[tuple[str, str], Membership]:
+    return {
+        (r["account_id"], r["iam_id"]): Membership(
+            State(r["state"]), r["member_since"], r["changed_at"]
+        )
+        for r in await db.fetch("SELECT * FROM account_memberships")
+    }
+
+
 async def _wait_for_ledger(db: Any, count: int) -> None:
     async def done() -> bool:
         return await ledger_size(db) == count
@@ -119,13 +128,7 @@ async def test_any_order_over_partitions_matches_the_oracle(
     expected_rows, expected_revoked = expected_state({}, facts, events)
     revoked = {str(key_id) for key_id in await revoked_keys(db)}
     assert revoked == expected_revoked
-    rows = {
-        (r["account_id"], r["iam_id"]): Membership(
-            State(r["state"]), r["member_since"], r["changed_at"]
-        )
-        for r in await db.fetch("SELECT * FROM account_memberships")
-    }
-    assert rows == expected_rows
+    assert await membership_rows(db) == expected_rows
 
 
 async def test_two_workers_in_one_group_end_right(settings: Settings, db: Any) -> None:
@@ -142,10 +145,4 @@ async def test_two_workers_in_one_group_end_right(settings: Settings, db: Any) -
         await _wait_for_ledger(db, len(events))
     expected_rows, expected_revoked = expected_state({}, facts, events)
     assert {str(key_id) for key_id in await revoked_keys(db)} == expected_revoked
-    rows = {
-        (r["account_id"], r["iam_id"]): Membership(
-            State(r["state"]), r["member_since"], r["changed_at"]
-        )
-        for r in await db.fetch("SELECT * FROM account_memberships")
-    }
-    assert rows == expected_rows
+    assert await membership_rows(db) == expected_rows
