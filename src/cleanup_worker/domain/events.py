@@ -171,13 +171,17 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Built once: json.loads with hooks would build a decoder for every record.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+
+
 def _load_object(raw: bytes, where: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedEvent(f"{where}: not valid UTF-8") from None
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:  # not its msg: the pure-Python scanner quotes input
         raise MalformedEvent(
             f"{where}: not valid JSON (line {exc.lineno} column {exc.colno})"
