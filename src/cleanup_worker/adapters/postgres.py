@@ -33,10 +33,6 @@ def is_transient(exc: BaseException) -> bool:
     ) and not isinstance(exc, asyncpg.InterfaceWarning)
 
 
-Connection = asyncpg.Connection  # re-exported so that services need not import asyncpg
-Pool = asyncpg.Pool
-
-
 async def create_pool(settings: Settings, *, max_size: int | None = None) -> Any:
     """A pool that keeps trying to reach the database until it answers (start-up may race it)."""
     size = max_size or settings.database_pool_size

@@ -111,10 +111,6 @@ class Worker:
             log.info("worker.stopping")
         self._stopping.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     async def run(self) -> None:
         """The poll loop; returns once a stop was requested and the in-flight batches are done.
 
