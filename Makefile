@@ -36,7 +36,7 @@ demo: install services
 	$(BIN)/python scripts/demo.py
 
 schema: install
-	$(BIN)/python -m cleanup_worker.domain.schema > docs/event-schema.json
+	$(BIN)/python -m cleanup_worker.adapters.event_schema > docs/event-schema.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

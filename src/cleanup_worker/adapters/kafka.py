@@ -9,7 +9,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.helpers import create_ssl_context
 
-from cleanup_worker.domain.events import Header
+from cleanup_worker.adapters.cloudevents import Header
 from cleanup_worker.settings import Settings
 
 

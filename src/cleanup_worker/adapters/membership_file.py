@@ -14,27 +14,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cleanup_worker.adapters.keys import MembershipSource
+from cleanup_worker.domain.values import (
+    ACCOUNT_ID_MAX,
+    IAM_ID_MAX,
+    has_forbidden_characters,
+    parse_rfc3339,
+)
 from cleanup_worker.errors import CleanupError
 
 HEADER = ("account_id", "iam_id", "member_since")
-MAX_ACCOUNT_ID = 128  # DESIGN §3 limits, the same as an event's
-MAX_IAM_ID = 256
-
-# ASCII digits only; an explicit offset is required (a time without one is ambiguous).
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
-    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
-)
-# PostgreSQL text cannot hold NUL, and an id with control characters is a corrupt export.
-_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 MemberRow = tuple[str, str, datetime | None, int]  # account_id, iam_id, member_since, line
 
@@ -53,12 +48,10 @@ class LoadedFile:
 
 
 def _parse_time(value: str) -> datetime:
-    if _RFC3339.fullmatch(value) is None:
-        raise ValueError("member_since is not an RFC 3339 time with an offset")
     try:
-        return datetime.fromisoformat(value.upper()).astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise ValueError("member_since is not a valid time") from None
+        return parse_rfc3339(value)
+    except ValueError as exc:  # its message names the problem, never the value
+        raise ValueError(f"member_since is {exc}") from None
 
 
 def _check_id(column: str, value: str, limit: int) -> str:
@@ -69,7 +62,7 @@ def _check_id(column: str, value: str, limit: int) -> str:
     if value != value.strip():
         # " alice" would silently be another member than "alice", and her keys orphaned.
         raise ValueError(f"{column} has leading or trailing whitespace")
-    if _FORBIDDEN.search(value):
+    if has_forbidden_characters(value):
         raise ValueError(f"{column} contains control characters")
     return value
 
@@ -100,8 +93,8 @@ def _row(fields: list[str], columns: int, number: int) -> MemberRow:
     if not 2 <= len(fields) <= columns:
         expected = "2 or 3" if columns == 3 else "2"
         raise ValueError(f"expected {expected} fields, found {len(fields)}")
-    account_id = _check_id("account_id", fields[0], MAX_ACCOUNT_ID)
-    iam_id = _check_id("iam_id", fields[1], MAX_IAM_ID)
+    account_id = _check_id("account_id", fields[0], ACCOUNT_ID_MAX)
+    iam_id = _check_id("iam_id", fields[1], IAM_ID_MAX)
     since = fields[2] if len(fields) == 3 else ""
     return account_id, iam_id, (_parse_time(since) if since else None), number
 

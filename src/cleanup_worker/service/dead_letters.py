@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from cleanup_worker.adapters import dlq, redrives
+from cleanup_worker.adapters.cloudevents import parse_record
 from cleanup_worker.adapters.kafka import Record
 from cleanup_worker.adapters.windows import WindowReader, resolve_window
-from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent, parse_record
+from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.errors import MalformedEvent
 from cleanup_worker.logging import get_logger
 from cleanup_worker.service.handler import BatchHandler, BatchOutcome

@@ -14,16 +14,11 @@ import asyncpg
 import stamina
 
 from cleanup_worker.adapters import keys
+from cleanup_worker.adapters.cloudevents import parse_record
 from cleanup_worker.adapters.dlq import Failure
 from cleanup_worker.adapters.kafka import Record
 from cleanup_worker.adapters.postgres import is_transient
-from cleanup_worker.domain.events import (
-    Change,
-    EventTypes,
-    IgnoredEvent,
-    MembershipEvent,
-    parse_record,
-)
+from cleanup_worker.domain.events import Change, EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import unique_events
 from cleanup_worker.errors import MalformedEvent
 from cleanup_worker.logging import get_logger

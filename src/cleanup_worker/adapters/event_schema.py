@@ -1,4 +1,4 @@
-"""Prints the JSON Schema of the membership event: `python -m cleanup_worker.domain.schema`.
+"""Prints the JSON Schema of the membership event: `python -m cleanup_worker.adapters.event_schema`.
 
 The checked-in `docs/event-schema.json` is this output; a unit test fails when they differ.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cleanup_worker.domain.events import event_json_schema
+from cleanup_worker.adapters.cloudevents import event_json_schema
 
 
 def main() -> None:
