@@ -110,6 +110,37 @@ def test_structured_without_content_type() -> None:
     assert parse(encode(example()), []) == EXPECTED
 
 
+@pytest.mark.parametrize(
+    "content_type", [b"application/json", b"application/json; charset=utf-8", b"text/plain"]
+)
+@pytest.mark.parametrize("datacontenttype", [True, False], ids=["datacontenttype", "none"])
+def test_structured_without_ce_headers_whatever_the_content_type(
+    content_type: bytes, datacontenttype: bool
+) -> None:
+    """No ce_specversion and a JSON object with specversion: structured (the Python SDK 1.x
+    legacy binding writes its `datacontenttype` as content-type)."""
+    event = example() if datacontenttype else without("datacontenttype")
+    assert parse(encode(event), [("content-type", content_type)]) == EXPECTED
+
+
+def test_ce_specversion_header_keeps_binary_mode() -> None:
+    """With ce_specversion the record is binary even if its value looks like a whole event:
+    the value is then the data, which lacks the member."""
+    message = str(malformed(encode(example()), binary(example())))
+    assert message.startswith("data.account_id: Field required")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [encode(without("specversion")), b"{not json", b"[1]", b'{"account_id": "a", "iam_id": "u"}'],
+)
+def test_json_content_type_without_specversion_is_binary(value: bytes) -> None:
+    """Without ce_specversion and without a specversion in the value it stays binary, and
+    its missing ce_specversion is what is reported, as before."""
+    message = str(malformed(value, [("content-type", b"application/json")]))
+    assert message.startswith("attribute 'specversion': Field required")
+
+
 def test_binary() -> None:
     """A binary event takes its attributes from ce_ headers and its data from the value."""
     event = example()

@@ -183,15 +183,30 @@ class _Headers:
             raise MalformedEvent(f"header '{name}': not valid UTF-8") from None
 
 
-def _is_binary(content_type: str | None, found: _Headers) -> bool:
+def _structured_event(
+    value: bytes, content_type: str | None, found: _Headers
+) -> dict[str, Any] | None:
+    """The whole event when the record is in structured mode; None when it is binary."""
+    if content_type is not None:
+        media = _media_type(content_type)
+        if media.startswith("application/cloudevents"):
+            if media not in ("application/cloudevents", "application/cloudevents+json"):
+                raise MalformedEvent(
+                    "content-type: only single events in JSON format are supported"
+                )
+            return _load_object(value, "value")
+    if "ce_specversion" in found:
+        return None
     if content_type is None:
-        return "ce_specversion" in found
-    media = _media_type(content_type)
-    if not media.startswith("application/cloudevents"):
-        return True  # the binding's rule; a missing ce_specversion then fails validation
-    if media not in ("application/cloudevents", "application/cloudevents+json"):
-        raise MalformedEvent("content-type: only single events in JSON format are supported")
-    return False
+        return _load_object(value, "value")
+    # DESIGN §3: the CloudEvents Python SDK's legacy Kafka binding writes structured events with
+    # the event's `datacontenttype` as content-type and no ce_ headers. Without ce_specversion a
+    # record cannot be binary, so a JSON object that names its specversion is the event itself.
+    try:
+        event = _load_object(value, "value")
+    except MalformedEvent:
+        return None  # binary it is, and its missing ce_specversion is the error to report
+    return event if "specversion" in event else None
 
 
 def _binary_attributes(found: _Headers) -> dict[str, Any]:
@@ -228,8 +243,9 @@ def _parse(
         raise MalformedEvent(f"value: {len(value)} bytes, more than the maximum of {max_bytes}")
     found = _Headers(headers)
     content_type = found.text(_CONTENT_TYPE)
-    binary = _is_binary(content_type, found)
-    attributes = _binary_attributes(found) if binary else _load_object(value, "value")
+    structured = _structured_event(value, content_type, found)
+    binary = structured is None
+    attributes = _binary_attributes(found) if binary else structured
     envelope = _validate(_Envelope, attributes, "attribute '{}'")
     change = types.change_of(envelope.type)
     if change is None:  # its data is none of our business, so it is not even decoded
