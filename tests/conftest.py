@@ -16,6 +16,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cleanup_worker.adapters.migrator import migrate
+from cleanup_worker.retries import install_retry_hooks
 from cleanup_worker.settings import Settings
 from tests.services import HOW_TO, Services, discover
 
@@ -62,6 +63,12 @@ async def _build_template(admin_url: str) -> None:
         await migrate(template)
     finally:
         await template.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _retry_hooks() -> None:
+    """In-process workers retry as the programs do: logged and counted once, by our hook."""
+    install_retry_hooks()
 
 
 @pytest.fixture(scope="session")

@@ -40,5 +40,10 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    """A logger whose every line names the module that wrote it (`module`: pass `__name__`).
+
+    Bound as a value rather than passed as the logger's name: the print factory we use drops
+    names, and a value survives every renderer.
+    """
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(module=name)
     return logger

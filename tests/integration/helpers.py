@@ -16,8 +16,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from cleanup_worker.bootstrap import WorkerProcess
+from cleanup_worker.bootstrap import worker_process
 from cleanup_worker.domain.events import Change, MembershipEvent
+from cleanup_worker.service.process import WorkerProcess
 from cleanup_worker.settings import Settings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -161,7 +162,7 @@ async def eventually(
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[WorkerProcess]:
     """A worker in this process, started and later drained as SIGTERM would."""
-    process = WorkerProcess(settings)
+    process = worker_process(settings)
     task = asyncio.create_task(process.serve())
     started = asyncio.create_task(process.started.wait())
     done, _ = await asyncio.wait({task, started}, timeout=60, return_when=asyncio.FIRST_COMPLETED)

@@ -16,19 +16,20 @@ from typing import Any
 from uuid import UUID
 
 from cleanup_worker.adapters.keys import ORPHAN_REASON_SQL, MembershipSource
+from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.domain.rules import OrphanReason
 
 # "backfill" in ASCII; only one backfill (dry run or not) runs at a time, per database.
 BACKFILL_LOCK_KEY = 0x6261636B66696C6C
 
 
-async def try_lock(conn: Any) -> bool:
+async def try_lock(conn: Connection) -> bool:
     """Takes the session-level backfill lock if it is free; it lasts as long as `conn`."""
     locked: bool = await conn.fetchval("SELECT pg_try_advisory_lock($1)", BACKFILL_LOCK_KEY)
     return locked
 
 
-async def lock_holder(conn: Any) -> int | None:
+async def lock_holder(conn: Connection) -> int | None:
     """The backend pid holding the backfill lock, if any (for the refusal message)."""
     pid: int | None = await conn.fetchval(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
@@ -47,7 +48,7 @@ LOCK_TIMEOUT = "2s"
 TEMP_BUFFERS = "64MB"
 
 
-async def configure_session(conn: Any, statement_timeout_ms: int) -> None:
+async def configure_session(conn: Connection, statement_timeout_ms: int) -> None:
     """Settings for the backfill's one connection; call it before anything else on it."""
     settings = {
         "application_name": "cleanup-worker backfill",
@@ -88,7 +89,7 @@ _REVOKED_COLUMNS = {
 }
 
 
-async def mark_interrupted(conn: Any) -> int:
+async def mark_interrupted(conn: Connection) -> int:
     """Runs still marked `running` died without saying so; only call under the lock."""
     status: str = await conn.execute(
         "UPDATE backfill_runs SET status = 'interrupted', updated_at = now() "
@@ -97,7 +98,7 @@ async def mark_interrupted(conn: Any) -> int:
     return int(status.rsplit(maxsplit=1)[-1])
 
 
-async def create_run(conn: Any, run_id: UUID, mode: str, options: Mapping[str, Any]) -> None:
+async def create_run(conn: Connection, run_id: UUID, mode: str, options: Mapping[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO backfill_runs (run_id, mode, status, options) VALUES ($1, $2, 'running', $3)",
         run_id,
@@ -106,7 +107,7 @@ async def create_run(conn: Any, run_id: UUID, mode: str, options: Mapping[str, A
     )
 
 
-async def latest_execute_run(conn: Any) -> RunRecord | None:
+async def latest_execute_run(conn: Connection) -> RunRecord | None:
     """The most recent run with `--execute`, whatever its status."""
     row = await conn.fetchrow(
         "SELECT * FROM backfill_runs WHERE mode = 'execute' ORDER BY started_at DESC LIMIT 1"
@@ -125,7 +126,7 @@ async def latest_execute_run(conn: Any) -> RunRecord | None:
     )
 
 
-async def restart_run(conn: Any, run_id: UUID, options: Mapping[str, Any]) -> None:
+async def restart_run(conn: Connection, run_id: UUID, options: Mapping[str, Any]) -> None:
     """`--resume`: the run is running again, possibly with new limits."""
     await conn.execute(
         "UPDATE backfill_runs SET status = 'running', options = $2, detail = NULL, "
@@ -135,7 +136,7 @@ async def restart_run(conn: Any, run_id: UUID, options: Mapping[str, Any]) -> No
     )
 
 
-async def record_assessment(conn: Any, run_id: UUID, scanned: int, planned: int) -> None:
+async def record_assessment(conn: Connection, run_id: UUID, scanned: int, planned: int) -> None:
     await conn.execute(
         "UPDATE backfill_runs SET keys_scanned = $2, keys_planned = $3, updated_at = now() "
         "WHERE run_id = $1",
@@ -159,14 +160,20 @@ WHERE run_id = $1
 
 
 async def record_batch(
-    conn: Any, run_id: UUID, last_key_id: UUID, examined: int, revoked: Mapping[OrphanReason, int]
+    conn: Connection,
+    run_id: UUID,
+    last_key_id: UUID,
+    examined: int,
+    revoked: Mapping[OrphanReason, int],
 ) -> None:
     """The checkpoint of a batch; call it in the transaction that revoked the batch's keys."""
     counts = [revoked.get(reason, 0) for reason in _REVOKED_COLUMNS]
     await conn.execute(_RECORD_BATCH, run_id, last_key_id, examined, *counts)
 
 
-async def finish_run(conn: Any, run_id: UUID, status: str, detail: str | None = None) -> None:
+async def finish_run(
+    conn: Connection, run_id: UUID, status: str, detail: str | None = None
+) -> None:
     await conn.execute(
         "UPDATE backfill_runs SET status = $2, detail = $3, finished_at = now(), "
         "updated_at = now() WHERE run_id = $1",
@@ -233,7 +240,7 @@ _SAMPLE = f"SELECT id FROM {_CANDIDATES} ORDER BY id LIMIT $1"
 
 
 async def assess(
-    conn: Any,
+    conn: Connection,
     memberships: MembershipSource,
     *,
     accounts: Sequence[str] | None = None,
@@ -253,6 +260,7 @@ async def assess(
         await conn.execute("SELECT set_config('work_mem', $1, true)", ASSESSMENT_WORK_MEM)
         await conn.execute(_FIND_CANDIDATES_SQL[memberships], after, scope)
         totals = await conn.fetchrow(_TOTALS, scope)
+        assert totals is not None  # an aggregate without GROUP BY returns one row
         active: bool = await conn.fetchval(
             _HAS_ACTIVE_MEMBERS.format(memberships=memberships.value)
         )
@@ -284,11 +292,14 @@ FROM (SELECT id, reason FROM {_CANDIDATES} WHERE id > $2 ORDER BY id LIMIT $1) A
 """
 
 
-async def next_candidates(conn: Any, after: UUID | None, limit: int) -> dict[UUID, OrphanReason]:
+async def next_candidates(
+    conn: Connection, after: UUID | None, limit: int
+) -> dict[UUID, OrphanReason]:
     """The next `limit` candidate keys after `after` (keyset order: the primary key), each
     with the R5 case the assessment found, in key order."""
     if after is None:
         row = await conn.fetchrow(_FIRST_CANDIDATES, limit)
     else:
         row = await conn.fetchrow(_NEXT_CANDIDATES, limit, after)
+    assert row is not None  # an aggregate without GROUP BY returns one row
     return dict(zip(row[0], map(OrphanReason, row[1]), strict=True))

@@ -244,13 +244,16 @@ def _parse(
     found = _Headers(headers)
     content_type = found.text(_CONTENT_TYPE)
     structured = _structured_event(value, content_type, found)
-    binary = structured is None
-    attributes = _binary_attributes(found) if binary else structured
+    attributes = _binary_attributes(found) if structured is None else structured
     envelope = _validate(_Envelope, attributes, "attribute '{}'")
     change = types.change_of(envelope.type)
     if change is None:  # its data is none of our business, so it is not even decoded
         return IgnoredEvent(source=envelope.source, id=envelope.id, type=envelope.type)
-    data = _binary_data(value, content_type) if binary else _structured_data(attributes, envelope)
+    data = (
+        _binary_data(value, content_type)
+        if structured is None
+        else _structured_data(structured, envelope)
+    )
     member = _validate(_MembershipData, data, "data.{}")
     return MembershipEvent(
         source=envelope.source,

@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import stamina
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
 from cleanup_worker import __version__
-from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.adapters.kafka import Producer, Record
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
+from cleanup_worker.retries import retrying
 
 log = get_logger(__name__)
 
@@ -82,7 +81,7 @@ class DeadLetterPublisher:
     is never lost between the two topics.
     """
 
-    def __init__(self, producer: Any, topic: str, group: str, retry_max_wait_s: float) -> None:
+    def __init__(self, producer: Producer, topic: str, group: str, retry_max_wait_s: float) -> None:
         self._producer = producer
         self._topic = topic
         self._group = group
@@ -93,12 +92,10 @@ class DeadLetterPublisher:
     ) -> None:
         # Every other error is retried, without end: a broker that is down, or a missing
         # permission, must block the commit rather than lose the dead letter.
-        async for attempt in stamina.retry_context(
-            on=_worth_retrying, attempts=None, timeout=None, wait_max=self._retry_max_wait_s
+        async for attempt in retrying(
+            "kafka.dlq.publish", on=_worth_retrying, wait_max=self._retry_max_wait_s
         ):
             with attempt:
-                if attempt.num > 1:
-                    log.warning("dlq.publish.retry", attempt=attempt.num)
                 await self._producer.send_and_wait(
                     self._topic, value=value, key=key, headers=headers
                 )

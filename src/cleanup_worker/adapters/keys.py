@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
 from uuid import UUID
 
+from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.domain.events import MembershipEvent
 
 REASON_MEMBER_REMOVED = "member_removed"
@@ -32,7 +32,7 @@ SELECT count(*) FROM revoked
 """
 
 
-async def revoke_for_removals(conn: Any, removals: Sequence[MembershipEvent]) -> int:
+async def revoke_for_removals(conn: Connection, removals: Sequence[MembershipEvent]) -> int:
     """R1: revokes the live keys each removal covers; at most one removal per member."""
     if not removals:
         return 0
@@ -97,7 +97,7 @@ _REVOKE_ORPHANS_SQL = {
 
 
 async def revoke_orphans(
-    conn: Any, key_ids: Sequence[UUID], revoked_by: str, memberships: MembershipSource
+    conn: Connection, key_ids: Sequence[UUID], revoked_by: str, memberships: MembershipSource
 ) -> list[UUID]:
     """R5: revokes those of `key_ids` that are orphaned now; returns the ids it revoked.
 

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cleanup_worker.adapters.keys import MembershipSource
+from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.domain.values import (
     ACCOUNT_ID_MAX,
     IAM_ID_MAX,
@@ -153,7 +153,7 @@ LIMIT 1
 """
 
 
-async def load(conn: Any, path: Path) -> LoadedFile:
+async def load(conn: Connection, path: Path) -> LoadedFile:
     """Loads the file into a TEMP table on `conn` (R5 then reads `MembershipSource.FILE`).
 
     It lives as long as the connection, so the whole run must use this one connection.

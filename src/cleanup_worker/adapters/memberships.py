@@ -7,10 +7,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.domain.events import Change, MembershipEvent
 from cleanup_worker.domain.rules import HistoryEntry, Membership, State
 
-Member = tuple[str, str]
+Member = tuple[str, str]  # (account_id, iam_id), as MembershipEvent.member
 
 
 def _columns(members: Iterable[Member]) -> tuple[list[str], list[str]]:
@@ -28,7 +29,7 @@ def _columns(members: Iterable[Member]) -> tuple[list[str], list[str]]:
 _PREFER_INDEX_LOOKUPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 
 
-async def prefer_index_lookups(conn: Any) -> None:
+async def prefer_index_lookups(conn: Connection) -> None:
     await conn.execute(_PREFER_INDEX_LOOKUPS)
 
 
@@ -54,7 +55,7 @@ FOR UPDATE OF l
 """
 
 
-async def lock_members(conn: Any, members: Sequence[Member]) -> None:
+async def lock_members(conn: Connection, members: Sequence[Member]) -> None:
     """Serialises work on the same members across replicas until this transaction ends."""
     created = {
         (row["account_id"], row["iam_id"])
@@ -83,7 +84,9 @@ RETURNING account_id, iam_id, state, member_since, changed_at
 """
 
 
-async def capture_baselines(conn: Any, members: Sequence[Member]) -> dict[Member, Membership]:
+async def capture_baselines(
+    conn: Connection, members: Sequence[Member]
+) -> dict[Member, Membership]:
     """R3: a row that predates every event of its member is kept as that member's baseline.
     Returns the baselines of the members that have no event in the ledger yet."""
     rows = await conn.fetch(_CAPTURE_BASELINES, *_columns(members))
@@ -126,9 +129,7 @@ class Recorded:
     had_history: set[Member]  # members of new events that had earlier events
 
 
-async def record_events(
-    conn: Any, events: Sequence[MembershipEvent], origins: Sequence[tuple[str, int, int] | None]
-) -> Recorded:
+async def record_events(conn: Connection, events: Sequence[MembershipEvent]) -> Recorded:
     """Adds the events to the ledger; tells which were new, and whose members had history."""
     # One JSON document rather than ten arrays: the driver checks every array element in
     # Python, which costs more than PostgreSQL's JSON parser for the same rows.
@@ -142,11 +143,11 @@ async def record_events(
                 "change": event.change.value,
                 "event_time": event.time.isoformat(),
                 "event_type": event.type,
-                "kafka_topic": origin[0] if origin else None,
-                "kafka_partition": origin[1] if origin else None,
-                "kafka_offset": origin[2] if origin else None,
+                "kafka_topic": event.origin.topic if event.origin else None,
+                "kafka_partition": event.origin.partition if event.origin else None,
+                "kafka_offset": event.origin.offset if event.origin else None,
             }
-            for event, origin in zip(events, origins, strict=True)
+            for event in events
         ]
     )
     rows = await conn.fetch(_RECORD_EVENTS, document)
@@ -170,7 +171,7 @@ JOIN unnest($1::text[], $2::text[]) AS t(account_id, iam_id) USING (account_id, 
 
 
 async def load_histories(
-    conn: Any, members: Sequence[Member]
+    conn: Connection, members: Sequence[Member]
 ) -> tuple[dict[Member, Membership], dict[Member, list[HistoryEntry]]]:
     """The baseline and the whole event history of each member, as R3 needs them."""
     histories: dict[Member, list[HistoryEntry]] = {member: [] for member in members}
@@ -199,7 +200,7 @@ RETURNING 1
 """
 
 
-async def write_memberships(conn: Any, rows: Mapping[Member, Membership]) -> int:
+async def write_memberships(conn: Connection, rows: Mapping[Member, Membership]) -> int:
     """Stores the derived rows; returns how many actually changed."""
     accounts, iam_ids = _columns(rows)
     states = [row.state.value for row in rows.values()]

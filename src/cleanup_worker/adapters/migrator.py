@@ -6,8 +6,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
+from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.errors import MigrationError
 from cleanup_worker.logging import get_logger
 
@@ -52,7 +52,7 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: Any) -> list[Migration]:
+async def migrate(conn: Connection) -> list[Migration]:
     """Applies what is missing, each file in its own transaction; returns what it applied.
 
     Several pods may run this at once: the session advisory lock makes them take turns,

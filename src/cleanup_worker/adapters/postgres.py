@@ -1,48 +1,34 @@
-"""The PostgreSQL connection pool and the classification of its errors by SQLSTATE."""
+"""PostgreSQL connections: the worker's pool, one-shot connections, and the readiness ping."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TypeAlias
 
 import asyncpg
-import stamina
+from asyncpg.pool import PoolConnectionProxy
 
+from cleanup_worker.adapters.sqlstate import is_transient
 from cleanup_worker.errors import ServiceUnavailable
-from cleanup_worker.logging import get_logger
+from cleanup_worker.retries import retrying
 from cleanup_worker.settings import Settings
 
-log = get_logger(__name__)
-
-# Worth another try: the connection went away, the server is restarting or busy,
-# or the transaction lost a race that a retry will win.
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57P")
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+# Quoted: asyncpg's classes are generic only in its type stubs.
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+# A connection of our own, or one lent by the pool: every adapter takes either.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True when the same work may succeed if tried again after a pause."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES)
-    return isinstance(
-        exc,
-        OSError | asyncio.TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError,
-    ) and not isinstance(exc, asyncpg.InterfaceWarning)
-
-
-async def create_pool(settings: Settings, *, max_size: int | None = None) -> Any:
+async def create_pool(settings: Settings, *, max_size: int | None = None) -> Pool:
     """A pool that keeps trying to reach the database until it answers (start-up may race it)."""
     size = max_size or settings.database_pool_size
 
-    async for attempt in stamina.retry_context(
-        on=is_transient, attempts=None, timeout=None, wait_max=settings.retry_max_wait_s
+    async for attempt in retrying(
+        "database.connect", on=is_transient, wait_max=settings.retry_max_wait_s
     ):
         with attempt:
-            if attempt.num > 1:
-                log.warning("db.connect.retry", attempt=attempt.num)
             return await asyncpg.create_pool(
                 dsn=settings.database_url.get_secret_value(),
                 min_size=1,
@@ -59,15 +45,15 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> Any
 
 
 @asynccontextmanager
-async def connect(settings: Settings) -> AsyncIterator[Any]:
+async def connect(settings: Settings) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
     """One connection outside a pool, for one-shot commands such as `migrate`.
 
     A database that is still starting is waited for, up to the connect timeout.
     """
     try:
-        async for attempt in stamina.retry_context(
+        async for attempt in retrying(
+            "database.connect",
             on=is_transient,
-            attempts=None,
             timeout=settings.database_connect_timeout_s,
             wait_max=settings.retry_max_wait_s,
         ):
@@ -89,7 +75,7 @@ async def connect(settings: Settings) -> AsyncIterator[Any]:
         await conn.close()
 
 
-async def ping(pool: Any) -> bool:
+async def ping(pool: Pool) -> bool:
     """Readiness: can we run a query right now?"""
     try:
         async with asyncio.timeout(2):

@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from cleanup_worker.adapters.postgres import Pool
+from cleanup_worker.domain.events import Origin
 from cleanup_worker.errors import AlreadyRunning
 
 # One `dlq redrive --execute` at a time per database (a second one would only repeat work).
@@ -29,7 +30,7 @@ FROM dlq_redrives WHERE dlq_topic = $1
 """
 
 
-async def load(pool: Any, dlq_topic: str) -> dict[tuple[int, int], Redriven]:
+async def load(pool: Pool, dlq_topic: str) -> dict[tuple[int, int], Redriven]:
     """What was redriven from this topic, by (partition, offset)."""
     rows = await pool.fetch(_LOAD, dlq_topic)
     return {
@@ -53,20 +54,27 @@ SET fingerprint = EXCLUDED.fingerprint, original_topic = EXCLUDED.original_topic
 
 
 async def record(
-    pool: Any,
+    pool: Pool,
     *,
-    dlq: tuple[str, int, int],
+    dlq: Origin,
     fingerprint: str,
-    original: tuple[str, int, int],
+    original: Origin,
     event: tuple[str, str],
     outcome: str,
 ) -> None:
     """Notes one dead letter as redriven (after the handler committed its effects)."""
-    await pool.execute(_RECORD, *dlq, fingerprint, *original, *event, outcome)
+    await pool.execute(
+        _RECORD,
+        *(dlq.topic, dlq.partition, dlq.offset),
+        fingerprint,
+        *(original.topic, original.partition, original.offset),
+        *event,
+        outcome,
+    )
 
 
 @asynccontextmanager
-async def exclusive(pool: Any) -> AsyncIterator[None]:
+async def exclusive(pool: Pool) -> AsyncIterator[None]:
     """Holds the redrive lock for the block; raises AlreadyRunning if someone else has it."""
     async with pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REDRIVE_LOCK_KEY):

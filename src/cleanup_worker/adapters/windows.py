@@ -16,11 +16,11 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from aiokafka import TopicPartition
 
-from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.adapters.kafka import Admin, PartitionReader, Record
 from cleanup_worker.errors import CleanupError
 
 Partition = tuple[str, int]  # (topic, partition); aiokafka's TopicPartition is such a tuple
@@ -162,7 +162,7 @@ def plan(
 
 
 async def _times(
-    consumer: Any, bound: Bound, partitions: Sequence[Partition]
+    consumer: PartitionReader, bound: Bound, partitions: Sequence[Partition]
 ) -> dict[Partition, int | None]:
     if not isinstance(bound, AtTime) or not partitions:
         return {}
@@ -172,7 +172,7 @@ async def _times(
 
 
 async def topic_partitions(
-    consumer: Any, admin: Any, topics: Sequence[str]
+    consumer: PartitionReader, admin: Admin, topics: Sequence[str]
 ) -> dict[str, list[int]]:
     """The partition numbers of each topic; a topic that does not exist is an error."""
     known = await consumer.topics()  # all topics: a lookup that never auto-creates one
@@ -184,8 +184,8 @@ async def topic_partitions(
 
 
 async def resolve_window(
-    consumer: Any,
-    admin: Any,
+    consumer: PartitionReader,
+    admin: Admin,
     topics: Sequence[str],
     start: Bound,
     stop: Bound,
@@ -212,7 +212,9 @@ async def resolve_window(
 class WindowReader:
     """Reads a window with manual assignment and no group; stops each partition at its bound."""
 
-    def __init__(self, consumer: Any, window: Mapping[Partition, Span], *, batch_size: int) -> None:
+    def __init__(
+        self, consumer: PartitionReader, window: Mapping[Partition, Span], *, batch_size: int
+    ) -> None:
         self._consumer = consumer
         self._window = dict(window)
         self._batch_size = batch_size

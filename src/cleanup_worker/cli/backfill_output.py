@@ -5,39 +5,21 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
 from cleanup_worker.adapters.backfill_runs import Assessment
+from cleanup_worker.cli.progress import ProgressDisplay
 from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.logging import get_logger
 from cleanup_worker.service.backfill import run_backfill
 from cleanup_worker.service.backfill_plan import (
     BackfillRefused,
     BackfillRequest,
-    Reporter,
     Summary,
 )
 from cleanup_worker.settings import Settings
-
-log = get_logger(__name__)
-
-LOG_EVERY_S = 10.0
 
 _CASES = {
     OrphanReason.NO_MEMBERSHIP: "no membership row",
@@ -46,84 +28,35 @@ _CASES = {
 }
 
 
-class _Rate(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} keys/s" if speed else "- keys/s", style="progress.data.speed")
+class DisplayReporter:
+    """The backfill's progress on the shared display: the assessment, then the revocations."""
 
-
-class BarReporter:
-    """rich progress on the terminal (stderr): a spinner while assessing, then a bar."""
-
-    def __init__(self, console: Console) -> None:
-        self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _Rate(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self._task: TaskID | None = None
-        self._revoked = 0
-
-    def assessing(self) -> None:
-        self._progress.start()
-        self._task = self._progress.add_task("assessing api_keys", total=None)
-
-    def revoking(self, assessment: Assessment, to_examine: int) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, total=1, completed=1, description="assessed")
-        self._task = self._progress.add_task("revoked 0", total=to_examine)
-
-    def advanced(self, examined: int, revoked: int) -> None:
-        self._revoked += revoked
-        if self._task is not None:
-            self._progress.update(
-                self._task, advance=examined, description=f"revoked {self._revoked:,}"
-            )
-
-    def finished(self) -> None:
-        self._progress.stop()
-
-
-class LogReporter:
-    """Structured `backfill.progress` lines, at most one every LOG_EVERY_S seconds."""
-
-    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
-        self._every = every_s
+    def __init__(self, display: ProgressDisplay) -> None:
+        self._display = display
         self._total = self._examined = self._revoked = 0
-        self._started = self._last = 0.0
 
     def assessing(self) -> None:
-        log.info("backfill.progress", phase="assessing")
+        self._display.update("assessing", 0, None, label="assessing api_keys", phase="assessing")
 
     def revoking(self, assessment: Assessment, to_examine: int) -> None:
+        self._display.update("assessing", 1, 1, label="assessed", phase="assessing")
         self._total = to_examine
-        self._started = self._last = time.monotonic()
+        self.advanced(0, 0)
 
     def advanced(self, examined: int, revoked: int) -> None:
         self._examined += examined
         self._revoked += revoked
-        now = time.monotonic()
-        if now - self._last >= self._every:
-            self._last = now
-            rate = self._examined / max(now - self._started, 1e-9)
-            log.info(
-                "backfill.progress",
-                phase="revoking",
-                examined=self._examined,
-                of=self._total,
-                revoked=self._revoked,
-                keys_per_s=round(rate, 1),
-                eta_s=round((self._total - self._examined) / rate, 1) if rate else None,
-            )
+        self._display.update(
+            "revoking",
+            self._examined,
+            self._total,
+            label=f"revoked {self._revoked:,}",
+            phase="revoking",
+            revoked=self._revoked,
+        )
 
     def finished(self) -> None:
-        return None
+        self._display.close()
 
 
 def _table(summary: Summary) -> Table:
@@ -179,13 +112,12 @@ def print_summary(summary: Summary, *, as_json: bool) -> None:
 
 async def run_and_report(settings: Settings, request: BackfillRequest, *, as_json: bool) -> None:
     """Runs the backfill with progress for whoever watches, then prints its summary."""
-    console = Console(stderr=True)
-    reporter: Reporter = BarReporter(console) if console.is_terminal else LogReporter()
-    try:
-        summary = await run_backfill(settings, request, reporter)
-    except BackfillRefused as refused:
-        print_summary(refused.summary, as_json=as_json)
-        raise
-    finally:
-        reporter.finished()  # idempotent; a failure must not leave the bar running
+    display = ProgressDisplay("backfill.progress", unit="keys", every_s=10.0)
+    with display:
+        try:
+            summary = await run_backfill(settings, request, DisplayReporter(display))
+        except BackfillRefused as refused:
+            display.close()  # the summary must not be drawn under a running bar
+            print_summary(refused.summary, as_json=as_json)
+            raise
     print_summary(summary, as_json=as_json)

@@ -9,7 +9,6 @@ from typing import Any, NoReturn, TypeVar
 import typer
 
 from cleanup_worker.errors import AlreadyRunning, CleanupError, ConfigurationError, SafetyValveError
-from cleanup_worker.logging import configure_logging
 from cleanup_worker.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -32,7 +31,9 @@ def settings_or_exit(*, needs_kafka: bool = False) -> Settings:
             settings.require_kafka()
     except ConfigurationError as exc:
         fail(f"configuration error: {exc}", EXIT_CONFIG)
-    configure_logging(settings.log_format, settings.log_level)
+    from cleanup_worker.bootstrap import configure_process  # noqa: PLC0415 - keeps --help fast
+
+    configure_process(settings)
     return settings
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -12,14 +12,13 @@ from rich.table import Table
 
 from cleanup_worker.cli.app import app
 from cleanup_worker.cli.common import run_async, settings_or_exit
-from cleanup_worker.cli.replay import (
-    ProgressView,
-    counts_table,
-    operator_clients,
-    print_json,
-)
+from cleanup_worker.cli.progress import ProgressDisplay
+from cleanup_worker.cli.replay import counts_table, print_json
 from cleanup_worker.service.dead_letters import DeadLetter, RedriveReport
 from cleanup_worker.settings import Settings
+
+if TYPE_CHECKING:  # the clients module imports aiokafka; --help stays fast without it
+    from cleanup_worker.bootstrap import OperatorClients
 
 dlq = typer.Typer(
     name="dlq",
@@ -29,7 +28,9 @@ dlq = typer.Typer(
 app.add_typer(dlq)
 
 
-def _read(settings: Settings, clients: Any, view: ProgressView) -> AsyncIterator[list[DeadLetter]]:
+def _read(
+    settings: Settings, clients: OperatorClients, view: ProgressDisplay
+) -> AsyncIterator[list[DeadLetter]]:
     """Every dead letter now in the topic, decoded, with progress shown on `view`."""
     from cleanup_worker.service.dead_letters import read_dead_letters  # noqa: PLC0415
 
@@ -47,8 +48,10 @@ def _read(settings: Settings, clients: Any, view: ProgressView) -> AsyncIterator
 
 async def _list(settings: Settings) -> list[DeadLetter]:
     letters: list[DeadLetter] = []
+    from cleanup_worker.bootstrap import operator_clients  # noqa: PLC0415 - keeps --help fast
+
     async with operator_clients(settings) as clients:
-        with ProgressView("dlq.progress") as view:
+        with ProgressDisplay("dlq.progress") as view:
             async for batch in _read(settings, clients, view):
                 letters.extend(batch)
     return letters
@@ -125,10 +128,11 @@ def list_(
 
 async def _redrive(settings: Settings, *, execute: bool) -> RedriveReport:
     from cleanup_worker.adapters import redrives  # noqa: PLC0415
+    from cleanup_worker.bootstrap import operator_clients  # noqa: PLC0415 - keeps --help fast
     from cleanup_worker.service.dead_letters import redrive  # noqa: PLC0415
 
     async with operator_clients(settings) as clients:
-        with ProgressView("dlq.progress") as view:
+        with ProgressDisplay("dlq.progress") as view:
             letters = _read(settings, clients, view)
             if not execute:
                 return await redrive(letters, clients.handler, clients.pool, execute=False)

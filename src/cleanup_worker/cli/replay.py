@@ -2,123 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from types import TracebackType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from cleanup_worker.adapters.windows import Bound, WindowError, parse_when
 from cleanup_worker.cli.app import app
 from cleanup_worker.cli.common import run_async, settings_or_exit
-from cleanup_worker.errors import ServiceUnavailable
+from cleanup_worker.cli.progress import ProgressDisplay
 from cleanup_worker.logging import get_logger
-from cleanup_worker.service.handler import BatchHandler
-from cleanup_worker.service.replay import PartitionProgress, ReplayReport
+from cleanup_worker.service.replay import ReplayReport
 from cleanup_worker.settings import Settings
 
 log = get_logger(__name__)
-
-
-class ProgressView:
-    """Bars on a terminal (stderr); otherwise a progress log line per item every few seconds."""
-
-    def __init__(self, event: str, *, every_s: float = 5.0) -> None:
-        self._event = event
-        self._every_s = every_s
-        console = Console(stderr=True)
-        self._progress = (
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=console,
-                transient=False,
-            )
-            if console.is_terminal
-            else None
-        )
-        self._tasks: dict[str, TaskID] = {}
-        self._logged: dict[str, float] = {}
-
-    def __enter__(self) -> ProgressView:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(self, name: str, done: int, total: int) -> None:
-        if self._progress is not None:
-            if name not in self._tasks:
-                self._tasks[name] = self._progress.add_task(name, total=total)
-            self._progress.update(self._tasks[name], completed=done, total=total)
-            return
-        now = time.monotonic()
-        if done >= total or now - self._logged.get(name, 0.0) >= self._every_s:
-            self._logged[name] = now
-            log.info(self._event, item=name, done=done, total=total)
-
-    def partition(self, part: PartitionProgress) -> None:
-        self.update(
-            f"{part.topic}[{part.partition}]", part.position - part.start, part.stop - part.start
-        )
-
-
-@dataclass
-class Clients:
-    consumer: Any
-    admin: Any
-    pool: Any
-    handler: BatchHandler
-
-
-@asynccontextmanager
-async def operator_clients(settings: Settings) -> AsyncIterator[Clients]:
-    """A standalone consumer (no group), a small pool, and the shared handler without a
-    dead-letter sink: what `replay` and `dlq` need, closed again on the way out."""
-    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - keeps --help fast
-    from aiokafka.errors import KafkaError  # noqa: PLC0415
-
-    from cleanup_worker.adapters import kafka, postgres  # noqa: PLC0415
-    from cleanup_worker.bootstrap import build_handler  # noqa: PLC0415
-    from cleanup_worker.observability.health import Health  # noqa: PLC0415
-
-    async with AsyncExitStack() as stack:
-        # earliest: an offset that retention removed since the window was resolved reads on
-        # from the first one left, instead of jumping to the end.
-        consumer = kafka.standalone_consumer(settings, auto_offset_reset="earliest")
-        admin = AIOKafkaAdminClient(**kafka.client_options(settings))
-        try:
-            await consumer.start()
-            stack.push_async_callback(consumer.stop)
-            await admin.start()
-            stack.push_async_callback(admin.close)
-        except KafkaError as exc:
-            raise ServiceUnavailable(f"Kafka unreachable ({type(exc).__name__})") from None
-        try:
-            async with asyncio.timeout(settings.database_connect_timeout_s):
-                pool = await postgres.create_pool(settings, max_size=2)
-        except TimeoutError:
-            raise ServiceUnavailable(
-                f"database unreachable after {settings.database_connect_timeout_s:g}s"
-            ) from None
-        stack.push_async_callback(pool.close)
-        handler = build_handler(settings, pool, None, Health(settings.liveness_timeout_s))
-        yield Clients(consumer, admin, pool, handler)
 
 
 def print_json(document: dict[str, Any]) -> None:
@@ -176,13 +76,14 @@ async def _replay(
     reprocess: bool,
 ) -> ReplayReport:
     from cleanup_worker.adapters.windows import resolve_window  # noqa: PLC0415
+    from cleanup_worker.bootstrap import operator_clients  # noqa: PLC0415 - keeps --help fast
     from cleanup_worker.service.replay import replay as run_replay  # noqa: PLC0415
 
     async with operator_clients(settings) as clients:
         window = await resolve_window(
             clients.consumer, clients.admin, topics, start, stop, requested=partitions
         )
-        with ProgressView("replay.progress") as view:
+        with ProgressDisplay("replay.progress") as display:
             return await run_replay(
                 clients.consumer,
                 clients.handler,
@@ -190,7 +91,11 @@ async def _replay(
                 execute=execute,
                 reprocess=reprocess,
                 batch_size=settings.batch_max_records,
-                on_progress=view.partition,
+                on_progress=lambda part: display.update(
+                    f"{part.topic}[{part.partition}]",
+                    part.position - part.start,
+                    part.stop - part.start,
+                ),
             )
 
 

@@ -1,41 +1,97 @@
-"""What /livez and /readyz report, kept by the worker as it runs."""
+"""What /livez and /readyz report. The worker tells `Health` what happened through its named
+transitions; the probes only ask, and never change it."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """The answer of /readyz, with the parts that made it."""
+
+    partitions: int
+    database: bool
+    broker: bool
+    retrying_database: bool
+    running: bool
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.running
+            and self.partitions > 0
+            and self.database
+            and self.broker
+            and not self.retrying_database
+        )
+
+
 class Health:
     """Liveness: the poll loop is turning (or deliberately waiting on the database).
     Readiness: partitions are assigned, and the database and the broker answer."""
 
-    liveness_timeout_s: float
-    last_poll: float = field(default_factory=time.monotonic)
-    waiting_on_database: bool = False
-    assigned_partitions: int = 0
-    database_ok: bool = False
-    broker_ok: bool = True
-    running: bool = False
+    def __init__(
+        self, liveness_timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._liveness_timeout_s = liveness_timeout_s
+        self._clock = clock
+        self._last_poll = clock()
+        self._running = False
+        self._partitions = 0
+        self._retrying_database = False
+
+    # --- transitions -------------------------------------------------------------------------
+
+    def started(self) -> None:
+        """The consumer joined its group and its poll loop is about to turn."""
+        self._running = True
+        self._last_poll = self._clock()
+
+    def stopped(self) -> None:
+        """The consumer left its group (or never joined)."""
+        self._running = False
+        self._partitions = 0
 
     def polled(self) -> None:
-        self.last_poll = time.monotonic()
+        """A fetch returned: the loop is alive."""
+        self._last_poll = self._clock()
+
+    def partitions_assigned(self, count: int) -> None:
+        """The group handed this member `count` partitions in all."""
+        self._partitions = count
+
+    def partitions_revoked(self) -> None:
+        """A rebalance took the partitions away; not ready until they come back."""
+        self._partitions = 0
+
+    def database_trouble(self) -> None:
+        """A batch failed on a transient database error and is being retried."""
+        self._retrying_database = True
+
+    def database_recovered(self) -> None:
+        """A batch committed again."""
+        self._retrying_database = False
+
+    # --- questions ---------------------------------------------------------------------------
 
     def seconds_since_poll(self) -> float:
-        return time.monotonic() - self.last_poll
+        return self._clock() - self._last_poll
 
     def is_live(self) -> bool:
-        if not self.running or self.waiting_on_database:
+        if not self._running or self._retrying_database:
             # Not wedged: either starting/stopping or paused on purpose while retrying.
             return True
-        return self.seconds_since_poll() < self.liveness_timeout_s
+        return self.seconds_since_poll() < self._liveness_timeout_s
 
-    def is_ready(self) -> bool:
-        return (
-            self.running
-            and self.assigned_partitions > 0
-            and self.database_ok
-            and self.broker_ok
-            and not self.waiting_on_database
+    def readiness(self, *, database_answers: bool, broker_answers: bool) -> Readiness:
+        """Readiness given what the database and the broker said just now."""
+        return Readiness(
+            partitions=self._partitions,
+            database=database_answers,
+            broker=broker_answers,
+            retrying_database=self._retrying_database,
+            running=self._running,
         )

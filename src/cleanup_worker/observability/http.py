@@ -38,18 +38,16 @@ class HealthServer:
         return web.Response(status=200 if live else 503, text=body + "\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        self._health.database_ok, self._health.broker_ok = await asyncio.gather(
-            self._ping(), self._broker_ping()
-        )
-        ready = self._health.is_ready()
-        metrics.READY.set(1 if ready else 0)
+        database, broker = await asyncio.gather(self._ping(), self._broker_ping())
+        answer = self._health.readiness(database_answers=database, broker_answers=broker)
+        metrics.READY.set(1 if answer.ready else 0)
         body = (
-            f"{'ready' if ready else 'not ready'}: "
-            f"partitions={self._health.assigned_partitions} "
-            f"database={'ok' if self._health.database_ok else 'unreachable'} "
-            f"broker={'ok' if self._health.broker_ok else 'unreachable'}"
+            f"{'ready' if answer.ready else 'not ready'}: "
+            f"partitions={answer.partitions} "
+            f"database={'ok' if answer.database else 'unreachable'} "
+            f"broker={'ok' if answer.broker else 'unreachable'}"
         )
-        return web.Response(status=200 if ready else 503, text=body + "\n")
+        return web.Response(status=200 if answer.ready else 503, text=body + "\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(metrics.REGISTRY))

@@ -43,10 +43,11 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
-DB_RETRIES = Counter(
-    "cleanup_db_retries",
-    "Database operations retried after a transient error, by error class.",
-    ["error"],
+RETRIES = Counter(
+    "cleanup_retries",
+    "Retries scheduled after a failed attempt, by operation and error class "
+    "(fed by the retry library's hook: cleanup_worker.retries).",
+    ["operation", "error"],
     registry=REGISTRY,
 )
 DEAD_LETTERS = Counter(

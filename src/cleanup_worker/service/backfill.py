@@ -24,18 +24,18 @@ import uuid
 from collections import Counter
 from contextlib import suppress
 from dataclasses import replace
-from typing import Any
-
-import stamina
 
 from cleanup_worker.adapters import backfill_runs, keys, membership_file, postgres
 from cleanup_worker.adapters.backfill_runs import Assessment, RunRecord
 from cleanup_worker.adapters.keys import MembershipSource
 from cleanup_worker.adapters.membership_file import LoadedFile
+from cleanup_worker.adapters.postgres import Connection
+from cleanup_worker.adapters.sqlstate import is_lost_race
 from cleanup_worker.domain.rules import OrphanReason
 from cleanup_worker.errors import AlreadyRunning
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
+from cleanup_worker.retries import retrying
 from cleanup_worker.service.backfill_plan import (
     TOP,
     BackfillError,
@@ -54,14 +54,7 @@ from cleanup_worker.settings import Settings
 
 log = get_logger(__name__)
 
-# Deadlocks with the worker, and lock timeouts (see backfill_runs.configure_session), are
-# retried: the batch rolled back and released its own locks.
-_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 _RESUMABLE = frozenset({"running", "interrupted", "stopped", "refused", "failed"})
-
-
-def _retryable(exc: Exception) -> bool:
-    return getattr(exc, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
 class Backfill:
@@ -108,7 +101,7 @@ class Backfill:
             return summary
 
     async def _open_run(
-        self, conn: Any, file: LoadedFile | None
+        self, conn: Connection, file: LoadedFile | None
     ) -> tuple[Summary, RunRecord | None]:
         """The run's record: a new one, or (with --resume) the interrupted run it continues."""
         request = self.request
@@ -135,7 +128,7 @@ class Backfill:
         return summary, prior
 
     async def _run(
-        self, conn: Any, summary: Summary, prior: RunRecord | None, started: float
+        self, conn: Connection, summary: Summary, prior: RunRecord | None, started: float
     ) -> None:
         source = MembershipSource.FILE if summary.options.memberships else MembershipSource.TABLE
         log.info(
@@ -188,7 +181,7 @@ class Backfill:
 
     async def _revoke(
         self,
-        conn: Any,
+        conn: Connection,
         summary: Summary,
         source: MembershipSource,
         found: Assessment,
@@ -223,7 +216,7 @@ class Backfill:
 
     async def _batch(
         self,
-        conn: Any,
+        conn: Connection,
         summary: Summary,
         batch: dict[uuid.UUID, OrphanReason],
         revoked_by: str,
@@ -234,12 +227,15 @@ class Backfill:
         The counts by R5 case use the case the assessment found for each key.
         """
         last = next(reversed(batch))
-        async for attempt in stamina.retry_context(
-            on=_retryable, attempts=10, wait_max=self.settings.retry_max_wait_s
+        # Deadlocks with the worker, and lock timeouts (see backfill_runs.configure_session),
+        # are retried: the batch rolled back and released its own locks.
+        async for attempt in retrying(
+            "database.backfill_batch",
+            on=is_lost_race,
+            attempts=10,
+            wait_max=self.settings.retry_max_wait_s,
         ):
             with attempt:
-                if attempt.num > 1:
-                    log.warning("backfill.batch.retry", attempt=attempt.num)
                 began = time.perf_counter()
                 async with conn.transaction():
                     revoked_ids = await keys.revoke_orphans(conn, list(batch), revoked_by, source)
@@ -258,7 +254,12 @@ class Backfill:
                 await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _finish(
-        self, conn: Any, summary: Summary, status: str, started: float, detail: str | None = None
+        self,
+        conn: Connection,
+        summary: Summary,
+        status: str,
+        started: float,
+        detail: str | None = None,
     ) -> None:
         summary.status = status
         async with conn.transaction():

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cleanup_worker.adapters import keys, memberships
 from cleanup_worker.adapters.memberships import Member
+from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.domain.events import Change, MembershipEvent
 from cleanup_worker.domain.rules import (
     HistoryEntry,
@@ -17,8 +17,6 @@ from cleanup_worker.domain.rules import (
     derive_membership,
     latest_removals,
 )
-
-Origin = tuple[str, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,23 +29,17 @@ class Applied:
 
 
 async def apply_events(
-    conn: Any,
-    events: Sequence[MembershipEvent],
-    origins: Mapping[tuple[str, str], Origin | None],
-    *,
-    reprocess: bool,
+    conn: Connection, events: Sequence[MembershipEvent], *, reprocess: bool
 ) -> Applied:
     """Runs inside the caller's transaction. `events` hold no repeated identity."""
-    members = sorted({(event.account_id, event.iam_id) for event in events})
+    members = sorted({event.member for event in events})
     await memberships.prefer_index_lookups(conn)
     # First the member locks, so that every later statement sees whatever another replica
     # committed for these members before we got them.
     await memberships.lock_members(conn, members)
     captured = await memberships.capture_baselines(conn, members)
-    recorded = await memberships.record_events(
-        conn, events, [origins[(e.source, e.id)] for e in events]
-    )
-    fresh = list(events) if reprocess else [e for e in events if (e.source, e.id) in recorded.new]
+    recorded = await memberships.record_events(conn, events)
+    fresh = list(events) if reprocess else [e for e in events if e.identity in recorded.new]
     removals = latest_removals(e for e in fresh if e.change is Change.REMOVED)
     revoked = await keys.revoke_for_removals(conn, list(removals.values()))
     rows = await _derive_rows(conn, fresh, captured, recorded.had_history, reprocess=reprocess)
@@ -56,7 +48,7 @@ async def apply_events(
 
 
 async def _derive_rows(
-    conn: Any,
+    conn: Connection,
     fresh: Sequence[MembershipEvent],
     captured: Mapping[Member, Membership],
     had_history: set[Member],
@@ -67,7 +59,7 @@ async def _derive_rows(
     has no history to read: its baseline (if any) was captured just now."""
     in_batch: defaultdict[Member, list[HistoryEntry]] = defaultdict(list)
     for event in fresh:
-        in_batch[(event.account_id, event.iam_id)].append(HistoryEntry.from_event(event))
+        in_batch[event.member].append(HistoryEntry.from_event(event))
     known = sorted(in_batch if reprocess else had_history & in_batch.keys())
     baselines, histories = await memberships.load_histories(conn, known)
     rows = {}

@@ -12,21 +12,18 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
-import stamina
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.adapters.kafka import Fetched, GroupConsumer, Record
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.observability.health import Health
+from cleanup_worker.retries import retrying
 from cleanup_worker.service.handler import BatchHandler, BatchOutcome, ParsedBatch
 
 log = get_logger(__name__)
-
-Fetched = dict[TopicPartition, list[Any]]
 
 
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -37,12 +34,11 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._worker.drain_in_flight()
-        # Not ready until the group hands partitions out again.
-        self._worker.health.assigned_partitions = 0
+        self._worker.health.partitions_revoked()
         log.info("kafka.partitions.revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._worker.health.assigned_partitions = len(self._worker.consumer.assignment())
+        self._worker.health.partitions_assigned(len(self._worker.consumer.assignment()))
         log.info("kafka.partitions.assigned", partitions=len(assigned))
 
 
@@ -66,7 +62,7 @@ class Worker:
     def __init__(
         self,
         *,
-        consumer: Any,
+        consumer: GroupConsumer,
         handler: BatchHandler,
         health: Health,
         topics: list[str],
@@ -86,24 +82,19 @@ class Worker:
         self._rebalance_drain_s = rebalance_drain_s
         self._retry_max_wait_s = retry_max_wait_s
         self._in_flight: deque[_InFlight] = deque()
-        self._settling = asyncio.Lock()
+        self._committing = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.batches = 0
 
     async def start(self) -> None:
         """Joins the group, retrying while the broker is unreachable, unless asked to stop."""
         self.consumer.subscribe(self._topics, listener=_DrainOnRevoke(self))
-        async for attempt in stamina.retry_context(
-            on=KafkaError, attempts=None, timeout=None, wait_max=self._retry_max_wait_s
-        ):
+        async for attempt in retrying("kafka.join", on=KafkaError, wait_max=self._retry_max_wait_s):
             with attempt:
                 if self._stopping.is_set():
                     return
-                if attempt.num > 1:
-                    log.warning("kafka.connect.retry", attempt=attempt.num)
                 await self.consumer.start()
-        self.health.running = True
-        self.health.polled()
+        self.health.started()
         log.info("worker.started", topics=self._topics)
 
     def request_stop(self) -> None:
@@ -130,10 +121,10 @@ class Worker:
                     # a transaction (and an fsync) each.
                     behind = sum(len(b) for b in fetched.values()) >= self._max_records // 2
                     allowed = self._max_in_flight if behind else 1
-                    await self._settle(wait_for=len(self._in_flight) - allowed + 1)
+                    await self._commit_in_order(wait_for_oldest=len(self._in_flight) - allowed + 1)
                     self._start_batch(fetched, parsed)
-                await self._settle(wait_for=0)
-            await self._settle(wait_for=None)
+                await self._commit_in_order(wait_for_oldest=0)
+            await self._commit_in_order(wait_for_oldest=None)
         finally:
             fetching.cancel()
             # Only after a crash are batches left: never committed, so they are redelivered.
@@ -162,13 +153,12 @@ class Worker:
             )
         )
 
-    async def _settle(self, wait_for: int | None) -> None:
+    async def _commit_in_order(self, wait_for_oldest: int | None) -> None:
         """Commits the offsets of finished batches, oldest first; waits for the oldest
-        `wait_for` batches (None: all of them) to finish, and commits those that finished
+        `wait_for_oldest` batches (None: all of them) to finish, and commits those that finished
         behind them."""
-        async with self._settling:
-            if wait_for is None:
-                wait_for = len(self._in_flight)
+        async with self._committing:
+            wait_for = len(self._in_flight) if wait_for_oldest is None else wait_for_oldest
             while self._in_flight and (wait_for > 0 or self._in_flight[0].applying.done()):
                 batch = self._in_flight[0]
                 # Shielded: a caller that gives up waiting (a bounded rebalance drain) must not
@@ -205,8 +195,8 @@ class Worker:
         if not mine:
             return
         try:
-            async for attempt in stamina.retry_context(
-                on=_commit_retriable, attempts=10, wait_max=self._retry_max_wait_s
+            async for attempt in retrying(
+                "kafka.commit", on=_commit_retriable, attempts=10, wait_max=self._retry_max_wait_s
             ):
                 with attempt:
                     await self.consumer.commit(mine)
@@ -219,14 +209,23 @@ class Worker:
         """Finishes and commits the batches in flight (bounded); called before partitions move."""
         try:
             async with asyncio.timeout(self._rebalance_drain_s):
-                await self._settle(wait_for=None)
+                await self._commit_in_order(wait_for_oldest=None)
         except TimeoutError:
             log.warning("kafka.rebalance.drain_timeout", seconds=self._rebalance_drain_s)
 
+    async def ping_broker(self) -> bool:
+        """Readiness: a metadata request. The consumer itself retries quietly, so ask the
+        cluster."""
+        try:
+            async with asyncio.timeout(2):
+                await self.consumer.topics()
+        except Exception:  # noqa: BLE001 - any failure means "not ready"; the caller needs a bool
+            return False
+        return True
+
     async def stop(self, timeout_s: float) -> None:
         """Leaves the group. aiokafka's stop() has been known to hang, hence the bound."""
-        self.health.running = False
-        self.health.assigned_partitions = 0
+        self.health.stopped()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout_s):
                 await self.consumer.stop()

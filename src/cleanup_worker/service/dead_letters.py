@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from cleanup_worker.adapters import dlq, redrives
 from cleanup_worker.adapters.cloudevents import parse_record
-from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.adapters.kafka import Admin, PartitionReader, Record
+from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.adapters.windows import WindowReader, resolve_window
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.errors import MalformedEvent
@@ -136,9 +137,9 @@ def inspect(
 
 
 async def read_dead_letters(
-    consumer: Any,
-    admin: Any,
-    pool: Any,
+    consumer: PartitionReader,
+    admin: Admin,
+    pool: Pool,
     *,
     topic: str,
     types: EventTypes,
@@ -194,7 +195,7 @@ class RedriveReport:
 
 
 async def redrive(
-    letters: AsyncIterator[list[DeadLetter]], handler: BatchHandler, pool: Any, *, execute: bool
+    letters: AsyncIterator[list[DeadLetter]], handler: BatchHandler, pool: Pool, *, execute: bool
 ) -> RedriveReport:
     """Re-applies each letter that parses now and was not redriven before; leaves the rest.
 
@@ -212,7 +213,6 @@ async def redrive(
                 report.left.append((letter, letter.status))
                 continue
             outcome = await handler.handle([letter.original()], dry_run=not execute)
-            outcome.removal_times.clear()
             report.outcome.add(outcome)
             if outcome.dead_lettered:  # the database refused it again; the handler logged why
                 report.left.append((letter, "rejected"))
@@ -225,7 +225,7 @@ async def redrive(
                     dlq=here.origin,
                     fingerprint=letter.fingerprint,
                     original=letter.original().origin,
-                    event=(event.source, event.id),
+                    event=event.identity,
                     outcome=result,
                 )
             report.redriven.append((letter, result))

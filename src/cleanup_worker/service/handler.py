@@ -7,36 +7,39 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Protocol
 
 import asyncpg
-import stamina
 
 from cleanup_worker.adapters import keys
 from cleanup_worker.adapters.cloudevents import parse_record
 from cleanup_worker.adapters.dlq import Failure
 from cleanup_worker.adapters.kafka import Record
-from cleanup_worker.adapters.postgres import is_transient
+from cleanup_worker.adapters.postgres import Pool
+from cleanup_worker.adapters.sqlstate import describe, is_per_event, is_transient
 from cleanup_worker.domain.events import Change, EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import unique_events
 from cleanup_worker.errors import MalformedEvent
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
+from cleanup_worker.retries import retrying
 from cleanup_worker.service.batch_transaction import apply_events
 
 log = get_logger(__name__)
 
-# Data-dependent failures: this event cannot be stored, but its neighbours can. A statement
-# timeout (57014) is treated alike: the batch is split until the event that is too costly on
-# its own (say, a removal of a member with millions of keys) stands alone and is
-# dead-lettered, instead of blocking its partition. Anything else that is not transient
-# (permissions, a missing table) is a deployment fault and must stop us.
-_PER_EVENT_SQLSTATE_CLASSES = ("22", "23", "57014")
-
 
 class DeadLetterSink(Protocol):
     async def publish(self, record: Record, failure: Failure) -> None: ...
+
+
+class Outcome(StrEnum):
+    """How a record ended: the `outcome` label of `cleanup_events_total`."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    DEAD_LETTERED = "dead_lettered"
 
 
 @dataclass
@@ -51,8 +54,7 @@ class BatchOutcome:
     rejected: int = 0  # of dead_lettered: a valid event the database refused on its own
     keys_revoked: int = 0
     memberships_changed: int = 0
-    by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
-    removal_times: list[datetime] = field(default_factory=list)
+    by_type: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
 
     def add(self, other: BatchOutcome) -> None:
         self.applied += other.applied
@@ -64,7 +66,6 @@ class BatchOutcome:
         self.keys_revoked += other.keys_revoked
         self.memberships_changed += other.memberships_changed
         self.by_type.update(other.by_type)
-        self.removal_times.extend(other.removal_times)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -90,25 +91,18 @@ class _DryRunRollback(Exception):
     """Raised inside the transaction of a dry run so that nothing it did is kept."""
 
 
-def _is_per_event_failure(exc: BaseException) -> bool:
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(exc, asyncpg.PostgresError) and str(sqlstate).startswith(
-        _PER_EVENT_SQLSTATE_CLASSES
-    )
-
-
 class BatchHandler:
     """Applies batches of records. Stateless between batches; safe to share."""
 
     def __init__(
         self,
-        pool: Any,
+        pool: Pool,
         *,
         types: EventTypes,
         max_event_bytes: int,
         dead_letters: DeadLetterSink | None,
         retry_max_wait_s: float,
-        on_db_trouble: Callable[[BaseException], None] | None = None,
+        on_db_trouble: Callable[[], None] | None = None,
         on_db_ok: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
@@ -131,7 +125,11 @@ class BatchHandler:
         for record in records:
             try:
                 parsed = parse_record(
-                    record.value, record.headers, types=self._types, max_bytes=self._max_event_bytes
+                    record.value,
+                    record.headers,
+                    types=self._types,
+                    max_bytes=self._max_event_bytes,
+                    origin=record.origin,
                 )
             except MalformedEvent as exc:
                 batch.malformed.append((record, Failure("MalformedEvent", str(exc))))
@@ -158,10 +156,10 @@ class BatchHandler:
             await self._dead_letter(record, failure, dry_run)
             outcome.dead_lettered += 1
             outcome.malformed += 1
-            outcome.by_type[("malformed", "dead_lettered")] += 1
+            outcome.by_type[("malformed", Outcome.DEAD_LETTERED)] += 1
         for ignored in batch.ignored:
             outcome.ignored += 1
-            outcome.by_type[(self._type_label(ignored.type), "ignored")] += 1
+            outcome.by_type[(self._type_label(ignored.type), Outcome.IGNORED)] += 1
         if batch.valid:
             outcome.add(
                 await self._apply_isolating(batch.valid, reprocess=reprocess, dry_run=dry_run)
@@ -176,7 +174,7 @@ class BatchHandler:
         try:
             return await self._apply_retrying(items, reprocess=reprocess, dry_run=dry_run)
         except asyncpg.PostgresError as exc:
-            if not _is_per_event_failure(exc):
+            if not is_per_event(exc):
                 raise
             if len(items) == 1:
                 return await self._reject(items[0], exc, dry_run)
@@ -188,7 +186,7 @@ class BatchHandler:
                     await self._apply_retrying([item], reprocess=reprocess, dry_run=dry_run)
                 )
             except asyncpg.PostgresError as exc:
-                if not _is_per_event_failure(exc):
+                if not is_per_event(exc):
                     raise
                 outcome.add(await self._reject(item, exc, dry_run))
         return outcome
@@ -198,8 +196,7 @@ class BatchHandler:
     ) -> BatchOutcome:
         record, event = item
         metrics.ISOLATED_FAILURES.inc()
-        # The SQLSTATE text names the problem without quoting the event's values.
-        message = f"{type(exc).__name__} (SQLSTATE {getattr(exc, 'sqlstate', '?')})"
+        message = describe(exc)
         log.warning(
             "event.rejected",
             topic=record.topic,
@@ -209,7 +206,7 @@ class BatchHandler:
         )
         await self._dead_letter(record, Failure(type(exc).__name__, message), dry_run)
         outcome = BatchOutcome(dead_lettered=1, rejected=1)
-        outcome.by_type[(self._type_label(event.type), "dead_lettered")] += 1
+        outcome.by_type[(self._type_label(event.type), Outcome.DEAD_LETTERED)] += 1
         return outcome
 
     async def _dead_letter(self, record: Record, failure: Failure, dry_run: bool) -> None:
@@ -220,18 +217,15 @@ class BatchHandler:
     async def _apply_retrying(
         self, items: list[tuple[Record, MembershipEvent]], *, reprocess: bool, dry_run: bool
     ) -> BatchOutcome:
-        async for attempt in stamina.retry_context(
-            on=is_transient, attempts=None, timeout=None, wait_max=self._retry_max_wait_s
+        async for attempt in retrying(
+            "database.batch", on=is_transient, wait_max=self._retry_max_wait_s
         ):
             with attempt:
                 try:
                     outcome = await self._apply_once(items, reprocess=reprocess, dry_run=dry_run)
                 except Exception as exc:
-                    if is_transient(exc):
-                        metrics.DB_RETRIES.labels(type(exc).__name__).inc()
-                        log.warning("db.retry", error=type(exc).__name__, attempt=attempt.num)
-                        if self._on_db_trouble:
-                            self._on_db_trouble(exc)
+                    if is_transient(exc) and self._on_db_trouble:
+                        self._on_db_trouble()
                     raise
         if self._on_db_ok:
             self._on_db_ok()
@@ -240,41 +234,45 @@ class BatchHandler:
     async def _apply_once(
         self, items: list[tuple[Record, MembershipEvent]], *, reprocess: bool, dry_run: bool
     ) -> BatchOutcome:
-        origins = {(event.source, event.id): record.origin for record, event in items}
         events, repeated = unique_events(event for _, event in items)
-        outcome = BatchOutcome(duplicates=repeated)
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    applied = await apply_events(conn, events, origins, reprocess=reprocess)
+                    applied = await apply_events(conn, events, reprocess=reprocess)
                     if dry_run:
                         raise _DryRunRollback
             except _DryRunRollback:
                 pass
-        fresh = applied.fresh
-        outcome.keys_revoked = applied.keys_revoked
-        outcome.memberships_changed = applied.memberships_changed
+            else:
+                _observe_revocation_lag(applied.fresh)
+        outcome = BatchOutcome(
+            applied=len(applied.fresh),
+            duplicates=repeated + len(events) - len(applied.fresh),
+            keys_revoked=applied.keys_revoked,
+            memberships_changed=applied.memberships_changed,
+        )
         # Each record counts once: applied if it changed the ledger (or was re-applied), else
         # duplicate, whether repeated within this batch or already seen before.
-        pending = {(e.source, e.id) for e in fresh}
+        pending = {event.identity for event in applied.fresh}
         for _, event in items:
-            identity = (event.source, event.id)
-            name = "applied" if identity in pending else "duplicate"
-            pending.discard(identity)
-            outcome.by_type[(self._type_label(event.type), name)] += 1
-        outcome.applied = len(fresh)
-        outcome.duplicates += len(events) - len(fresh)
-        outcome.removal_times = [e.time for e in fresh if e.change is Change.REMOVED]
+            outcome_of_record = Outcome.APPLIED if event.identity in pending else Outcome.DUPLICATE
+            pending.discard(event.identity)
+            outcome.by_type[(self._type_label(event.type), outcome_of_record)] += 1
         return outcome
 
     def _count(self, outcome: BatchOutcome) -> None:
         for (event_type, name), count in outcome.by_type.items():
             if count:
-                metrics.EVENTS.labels(event_type, name).inc(count)
+                metrics.EVENTS.labels(event_type, name.value).inc(count)
         if outcome.keys_revoked:
             metrics.KEYS_REVOKED.labels(keys.REASON_MEMBER_REMOVED).inc(outcome.keys_revoked)
         if outcome.memberships_changed:
             metrics.MEMBERSHIPS_CHANGED.inc(outcome.memberships_changed)
-        committed = time.time()
-        for removed_at in outcome.removal_times:
-            metrics.REVOCATION_LAG.observe(max(0.0, committed - removed_at.timestamp()))
+
+
+def _observe_revocation_lag(fresh: Sequence[MembershipEvent]) -> None:
+    """Event time -> now, for the removals a transaction that just committed applied."""
+    committed = time.time()
+    for event in fresh:
+        if event.change is Change.REMOVED:
+            metrics.REVOCATION_LAG.observe(max(0.0, committed - event.time.timestamp()))

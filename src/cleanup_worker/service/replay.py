@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cleanup_worker.adapters.kafka import PartitionReader
 from cleanup_worker.adapters.windows import Partition, Span, WindowReader
 from cleanup_worker.logging import get_logger
 from cleanup_worker.service.handler import BatchHandler, BatchOutcome
@@ -100,7 +101,7 @@ Progress = Callable[[PartitionProgress], None]
 
 
 async def replay(
-    consumer: Any,
+    consumer: PartitionReader,
     handler: BatchHandler,
     window: Mapping[Partition, Span],
     *,
@@ -143,7 +144,6 @@ async def replay(
 
     async for records in reader.batches():
         outcome = await handler.handle(records, reprocess=reprocess, dry_run=not execute)
-        outcome.removal_times.clear()  # only metrics need them; a long replay must not hoard
         report.outcome.add(outcome)
         report.batches += 1
         log.debug("replay.batch", records=len(records), **outcome.counts())

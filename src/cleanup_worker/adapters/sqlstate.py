@@ -1,0 +1,68 @@
+"""PostgreSQL errors classified by SQLSTATE: the one place that knows what each class means.
+
+asyncpg raises `PostgresError` subclasses that carry the server's SQLSTATE; errors without one
+come from the client side (a dropped socket, a timeout). Three questions are asked of them:
+
+- transient: the same work may succeed if tried again after a pause;
+- per event: this event's data cannot be stored, but its neighbours in the batch can;
+- lost race: another transaction got there first (a deadlock, a serialization failure, a
+  lock wait that timed out); retrying wins it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+__all__ = ["describe", "is_lost_race", "is_per_event", "is_transient", "sqlstate_of"]
+
+# The transaction lost to another; it rolled back and released its own locks.
+_LOST_RACE = frozenset({"40001", "40P01", "55P03"})
+# The connection went away (08), the server is out of resources (53) or restarting (57P).
+_UNAVAILABLE_CLASSES = ("08", "53", "57P")
+# Data exceptions (22) and integrity violations (23) belong to the data. A statement timeout
+# (57014) is treated alike: the batch is split until the event that is too costly on its own
+# (say, the removal of a member with millions of keys) stands alone and is dead-lettered,
+# instead of blocking its partition. Anything else that is not transient (permissions, a
+# missing table) is a deployment fault and must stop us.
+_PER_EVENT_CLASSES = ("22", "23")
+_PER_EVENT = frozenset({"57014"})
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE the server reported, or None for a client-side error."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        sqlstate if isinstance(exc, asyncpg.PostgresError) and isinstance(sqlstate, str) else None
+    )
+
+
+def is_lost_race(exc: BaseException) -> bool:
+    """True when another transaction won: a deadlock, a serialization failure, a lock timeout."""
+    return sqlstate_of(exc) in _LOST_RACE
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same work may succeed if tried again after a pause."""
+    sqlstate = sqlstate_of(exc)
+    if sqlstate is not None:
+        return sqlstate in _LOST_RACE or sqlstate.startswith(_UNAVAILABLE_CLASSES)
+    return isinstance(
+        exc,
+        OSError | asyncio.TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError,
+    ) and not isinstance(exc, asyncpg.InterfaceWarning)
+
+
+def is_per_event(exc: BaseException) -> bool:
+    """True when the failure belongs to one event's data (or cost), not to the database."""
+    sqlstate = sqlstate_of(exc)
+    return sqlstate is not None and (
+        sqlstate in _PER_EVENT or sqlstate.startswith(_PER_EVENT_CLASSES)
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """The error's class and SQLSTATE: names the problem without quoting any value."""
+    sqlstate = sqlstate_of(exc)
+    return type(exc).__name__ if sqlstate is None else f"{type(exc).__name__} (SQLSTATE {sqlstate})"

@@ -1,0 +1,122 @@
+"""The `run` process's lifecycle: HTTP first (so probes answer during start-up), then the
+consumer that the composition root wires; a stop request drains within the grace."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+
+from cleanup_worker.logging import get_logger
+from cleanup_worker.observability.health import Health
+from cleanup_worker.observability.http import HealthServer
+from cleanup_worker.service.consumer import Worker
+
+log = get_logger(__name__)
+
+Ping = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Consuming:
+    """What the composition root hands the process: the worker and how to ask the database."""
+
+    worker: Worker
+    ping_database: Ping
+
+
+# Builds (and connects) the consumer, registering what must be closed on `stack`; it may wait
+# for the services for as long as they are down.
+Wire = Callable[[Health, AsyncExitStack], Awaitable[Consuming]]
+
+
+class WorkerProcess:
+    """`cleanup-worker run`: serve the probes, wire and start the consumer, run it until asked
+    to stop, then drain within `shutdown_grace_s` and close everything in reverse order."""
+
+    def __init__(
+        self,
+        wire: Wire,
+        health: Health,
+        *,
+        http_host: str,
+        http_port: int,
+        shutdown_grace_s: float,
+    ) -> None:
+        self.health = health
+        self.worker: Worker | None = None
+        self.http: HealthServer | None = None
+        self.started = asyncio.Event()
+        self._wire = wire
+        self._http_host = http_host
+        self._http_port = http_port
+        self._shutdown_grace_s = shutdown_grace_s
+        self._ping_database: Ping | None = None
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        if self.worker is not None:
+            self.worker.request_stop()
+
+    async def _consume(self, stack: AsyncExitStack) -> None:
+        consuming = await self._wire(self.health, stack)
+        self._ping_database = consuming.ping_database
+        self.worker = consuming.worker
+        stack.push_async_callback(self.worker.stop, 5.0)
+        await self.worker.start()
+        self.started.set()
+        if self._stop.is_set():
+            self.worker.request_stop()
+        await self.worker.run()
+
+    async def serve(self) -> None:
+        async with AsyncExitStack() as stack:
+            self.http = HealthServer(
+                self.health, self._ping, self._ping_broker, self._http_host, self._http_port
+            )
+            await self.http.start()
+            stack.push_async_callback(self.http.stop)
+            consuming = asyncio.create_task(self._consume(stack))
+            stopping = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if consuming in done:
+                stopping.cancel()
+                consuming.result()  # a crash propagates: offsets not committed are redelivered
+                return
+            if self.worker is None:
+                # Still starting (e.g. waiting for the database): nothing to drain.
+                consuming.cancel()
+                with suppress(asyncio.CancelledError):
+                    await consuming
+                return
+            try:
+                # Shield: a slow drain is given the grace, then abandoned (its offsets stay
+                # uncommitted, so the records are redelivered, never lost).
+                async with asyncio.timeout(max(1.0, self._shutdown_grace_s - 5.0)):
+                    await asyncio.shield(consuming)
+            except TimeoutError:
+                log.error("worker.drain_timeout", grace_s=self._shutdown_grace_s)
+                consuming.cancel()
+                with suppress(asyncio.CancelledError):
+                    await consuming
+
+    async def _ping_broker(self) -> bool:
+        return self.worker is not None and await self.worker.ping_broker()
+
+    async def _ping(self) -> bool:
+        return self._ping_database is not None and await self._ping_database()
+
+
+async def run_until_signalled(process: WorkerProcess) -> None:
+    """Serves until SIGTERM/SIGINT, then drains and returns (exit code 0)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, process.request_stop)
+    try:
+        await process.serve()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,102 @@
+"""Database errors classified by SQLSTATE (adapters/sqlstate.py), one predicate at a time."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from cleanup_worker.adapters.sqlstate import (
+    describe,
+    is_lost_race,
+    is_per_event,
+    is_transient,
+    sqlstate_of,
+)
+
+LOST_RACES: list[type[asyncpg.PostgresError]] = [
+    asyncpg.SerializationError,  # 40001
+    asyncpg.DeadlockDetectedError,  # 40P01
+    asyncpg.LockNotAvailableError,  # 55P03
+]
+UNAVAILABLE: list[type[asyncpg.PostgresError]] = [
+    asyncpg.AdminShutdownError,  # 57P01
+    asyncpg.CannotConnectNowError,  # 57P03
+    asyncpg.ConnectionFailureError,  # 08006
+    asyncpg.TooManyConnectionsError,  # 53300
+]
+PER_EVENT: list[type[asyncpg.PostgresError]] = [
+    asyncpg.UniqueViolationError,  # 23505
+    asyncpg.NotNullViolationError,  # 23502
+    asyncpg.DataError,  # 22000
+    asyncpg.StringDataRightTruncationError,  # 22001
+    asyncpg.QueryCanceledError,  # 57014: a statement timeout, isolated per event
+]
+DEPLOYMENT_FAULTS: list[type[asyncpg.PostgresError]] = [
+    asyncpg.InsufficientPrivilegeError,  # 42501
+    asyncpg.UndefinedTableError,  # 42P01
+    asyncpg.UndefinedColumnError,  # 42703
+]
+
+
+@pytest.mark.parametrize("error", LOST_RACES + UNAVAILABLE)
+def test_transient(error: type[asyncpg.PostgresError]) -> None:
+    """Lost races, lost connections, restarts and exhausted resources are transient."""
+    assert is_transient(error("x"))
+
+
+@pytest.mark.parametrize("error", PER_EVENT + DEPLOYMENT_FAULTS)
+def test_not_transient(error: type[asyncpg.PostgresError]) -> None:
+    """Data, cost, permission and schema errors would fail the same way again."""
+    assert not is_transient(error("x"))
+
+
+def test_client_side_errors_are_transient() -> None:
+    """A refused or reset connection, a timeout, a closed connection: transient."""
+    assert is_transient(ConnectionRefusedError())
+    assert is_transient(TimeoutError())
+    assert is_transient(asyncpg.ConnectionDoesNotExistError("closed"))
+
+
+def test_other_exceptions_are_not_transient() -> None:
+    """A bug in our code is not retried."""
+    assert not is_transient(ValueError("bug"))
+    assert not is_transient(KeyError("bug"))
+
+
+@pytest.mark.parametrize("error", LOST_RACES)
+def test_lost_race(error: type[asyncpg.PostgresError]) -> None:
+    """Deadlocks, serialization failures and lock timeouts are races lost to another."""
+    assert is_lost_race(error("x"))
+
+
+@pytest.mark.parametrize("error", UNAVAILABLE + PER_EVENT + DEPLOYMENT_FAULTS)
+def test_not_lost_race(error: type[asyncpg.PostgresError]) -> None:
+    """Everything else is not a race."""
+    assert not is_lost_race(error("x"))
+    assert not is_lost_race(ConnectionResetError())
+
+
+@pytest.mark.parametrize("error", PER_EVENT)
+def test_per_event(error: type[asyncpg.PostgresError]) -> None:
+    """Data exceptions, integrity violations and statement timeouts belong to one event."""
+    assert is_per_event(error("x"))
+
+
+@pytest.mark.parametrize("error", LOST_RACES + UNAVAILABLE + DEPLOYMENT_FAULTS)
+def test_not_per_event(error: type[asyncpg.PostgresError]) -> None:
+    """Races, outages and deployment faults are not the event's fault."""
+    assert not is_per_event(error("x"))
+    assert not is_per_event(OSError())
+
+
+def test_sqlstate_of_client_side_error_is_none() -> None:
+    """Only the server's errors carry a SQLSTATE."""
+    assert sqlstate_of(asyncpg.UniqueViolationError("x")) == "23505"
+    assert sqlstate_of(ConnectionResetError()) is None
+
+
+def test_describe_names_class_and_sqlstate_never_the_message() -> None:
+    """The description is safe to log: it never carries the server's message."""
+    text = describe(asyncpg.UniqueViolationError("duplicate key value (secret)=(x)"))
+    assert text == "UniqueViolationError (SQLSTATE 23505)"
+    assert describe(ConnectionResetError("peer said secret")) == "ConnectionResetError"
