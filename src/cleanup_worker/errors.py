@@ -1,4 +1,21 @@
-"""The error hierarchy: what can go wrong, classified by what the caller should do about it."""
+"""Every error this package raises on purpose, and the exit code each one ends a command with.
+
+The classes say what the caller should do about a failure; `exit_code` is the one mapping
+from them to the process's exit status (DESIGN §5: 2 for a bad setting, 3 when a safety
+valve refuses).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a refusal carries the run's summary for the command to print
+    from cleanup_worker.service.backfill_summary import Summary
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command could not do its work (a service down, a bad file, ...)
+EXIT_CONFIG = 2  # a setting is missing or invalid
+EXIT_REFUSED = 3  # a safety valve refused, or another instance holds the run's lock
 
 
 class CleanupError(Exception):
@@ -24,9 +41,38 @@ class SafetyValveError(CleanupError):
     """A bulk operation would change more than its safety limits allow; nothing was written."""
 
 
+class BackfillRefused(SafetyValveError):
+    """A safety valve refused the backfill before its first write; carries the run's summary."""
+
+    def __init__(self, message: str, summary: Summary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class AlreadyRunning(CleanupError):
     """Another instance holds the lock that allows only one run at a time."""
 
 
 class ServiceUnavailable(CleanupError):
     """A required service (database or broker) could not be reached within the allowed time."""
+
+
+class BackfillError(CleanupError):
+    """The backfill cannot do what was asked (e.g. nothing to resume); nothing was written."""
+
+
+class MembershipFileError(CleanupError):
+    """The memberships file is not usable; the message names the line and the problem."""
+
+
+class WindowError(CleanupError):
+    """A WHEN that cannot be parsed, or a window that does not fit the topic."""
+
+
+def exit_code(error: CleanupError) -> int:
+    """The exit status a command ends with when `error` stops it."""
+    if isinstance(error, ConfigurationError):
+        return EXIT_CONFIG
+    if isinstance(error, SafetyValveError | AlreadyRunning):
+        return EXIT_REFUSED
+    return EXIT_FAILED

@@ -9,15 +9,12 @@ from typing import Any
 
 import pytest
 
-from cleanup_worker.adapters.membership_file import MembershipFileError, parse_lines
+from cleanup_worker.adapters.membership_file import parse_lines
 from cleanup_worker.domain.rules import OrphanReason
+from cleanup_worker.errors import BackfillError, BackfillRefused, MembershipFileError
 from cleanup_worker.service.backfill import Backfill
-from cleanup_worker.service.backfill_plan import (
-    BackfillError,
-    BackfillRefused,
-    BackfillRequest,
-    Summary,
-)
+from cleanup_worker.service.backfill_options import BackfillRequest
+from cleanup_worker.service.backfill_summary import Summary
 from cleanup_worker.settings import Settings
 from tests.integration.helpers import at, revoked_keys, seed_key
 

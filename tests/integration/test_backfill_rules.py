@@ -13,8 +13,10 @@ import pytest
 from cleanup_worker.adapters import backfill_runs, keys
 from cleanup_worker.adapters.keys import MembershipSource
 from cleanup_worker.domain.rules import Membership, OrphanReason, State, orphan_reason
+from cleanup_worker.errors import BackfillError
 from cleanup_worker.service.backfill import Backfill
-from cleanup_worker.service.backfill_plan import BackfillError, BackfillRequest, Summary
+from cleanup_worker.service.backfill_options import BackfillRequest
+from cleanup_worker.service.backfill_summary import Summary
 from cleanup_worker.settings import Settings
 from tests.integration.helpers import at, revoked_keys, seed_key
 

@@ -10,7 +10,7 @@ import pytest
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.service.backfill import Backfill
-from cleanup_worker.service.backfill_plan import BackfillRequest
+from cleanup_worker.service.backfill_options import BackfillRequest
 from cleanup_worker.settings import Settings
 from tests.integration.helpers import (
     at,

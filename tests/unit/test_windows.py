@@ -12,11 +12,11 @@ from cleanup_worker.adapters.windows import (
     Bound,
     Partition,
     Span,
-    WindowError,
     parse_when,
     plan,
     select_partitions,
 )
+from cleanup_worker.errors import WindowError
 
 T = "events"
 P0, P1, P2 = (T, 0), (T, 1), (T, 2)

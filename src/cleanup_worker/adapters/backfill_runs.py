@@ -16,11 +16,11 @@ from typing import Any
 from uuid import UUID
 
 from cleanup_worker.adapters.keys import ORPHAN_REASON_SQL, MembershipSource
+from cleanup_worker.adapters.locks import BACKFILL_LOCK_KEY
 from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.domain.rules import OrphanReason
 
 # "backfill" in ASCII; only one backfill (dry run or not) runs at a time, per database.
-BACKFILL_LOCK_KEY = 0x6261636B66696C6C
 
 
 async def try_lock(conn: Connection) -> bool:

@@ -27,15 +27,11 @@ from cleanup_worker.domain.values import (
     has_forbidden_characters,
     parse_rfc3339,
 )
-from cleanup_worker.errors import CleanupError
+from cleanup_worker.errors import MembershipFileError
 
 HEADER = ("account_id", "iam_id", "member_since")
 
 MemberRow = tuple[str, str, datetime | None, int]  # account_id, iam_id, member_since, line
-
-
-class MembershipFileError(CleanupError):
-    """The memberships file is not usable; the message names the line and the problem."""
 
 
 @dataclass(frozen=True, slots=True)

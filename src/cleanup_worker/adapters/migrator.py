@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from cleanup_worker.adapters.locks import MIGRATION_LOCK_KEY
 from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.errors import MigrationError
 from cleanup_worker.logging import get_logger
@@ -14,7 +15,6 @@ from cleanup_worker.logging import get_logger
 log = get_logger(__name__)
 
 # Any constant will do; it only has to be the same for every pod of this product.
-MIGRATION_LOCK_KEY = 0x636C65616E7570  # "cleanup"
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
+from cleanup_worker.adapters.locks import REDRIVE_LOCK_KEY
 from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.domain.events import Origin
 from cleanup_worker.errors import AlreadyRunning
 
 # One `dlq redrive --execute` at a time per database (a second one would only repeat work).
-REDRIVE_LOCK_KEY = 0x636C65616E7571
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,16 +21,12 @@ from typing import Literal
 from aiokafka import TopicPartition
 
 from cleanup_worker.adapters.kafka import Admin, PartitionReader, Record
-from cleanup_worker.errors import CleanupError
+from cleanup_worker.errors import WindowError
 
 Partition = tuple[str, int]  # (topic, partition); aiokafka's TopicPartition is such a tuple
 Named = Literal["earliest", "latest"]
 
 _OFFSETS_RE = re.compile(r"[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*")
-
-
-class WindowError(CleanupError):
-    """A WHEN that cannot be parsed, or a window that does not fit the topic."""
 
 
 @dataclass(frozen=True, slots=True)

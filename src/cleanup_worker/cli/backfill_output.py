@@ -13,12 +13,10 @@ from rich.text import Text
 from cleanup_worker.adapters.backfill_runs import Assessment
 from cleanup_worker.cli.progress import ProgressDisplay
 from cleanup_worker.domain.rules import OrphanReason
+from cleanup_worker.errors import BackfillRefused
 from cleanup_worker.service.backfill import run_backfill
-from cleanup_worker.service.backfill_plan import (
-    BackfillRefused,
-    BackfillRequest,
-    Summary,
-)
+from cleanup_worker.service.backfill_options import BackfillRequest
+from cleanup_worker.service.backfill_summary import Summary
 from cleanup_worker.settings import Settings
 
 _CASES = {

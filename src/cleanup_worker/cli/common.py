@@ -1,4 +1,5 @@
-"""What every command shares: settings with a one-line failure, and exit codes for our errors."""
+"""What every command shares: settings with a one-line failure, and our errors as exit codes
+(the codes themselves live in errors.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,10 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
-from cleanup_worker.errors import AlreadyRunning, CleanupError, ConfigurationError, SafetyValveError
+from cleanup_worker.errors import EXIT_CONFIG, CleanupError, ConfigurationError, exit_code
 from cleanup_worker.settings import Settings, load_settings
 
 T = TypeVar("T")
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_REFUSED = 3
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -43,7 +40,5 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     except ConfigurationError as exc:
         fail(f"configuration error: {exc}", EXIT_CONFIG)
-    except (SafetyValveError, AlreadyRunning) as exc:
-        fail(str(exc), EXIT_REFUSED)
     except CleanupError as exc:
-        fail(str(exc), EXIT_FAILED)
+        fail(str(exc), exit_code(exc))

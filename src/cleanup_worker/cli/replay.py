@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cleanup_worker.adapters.windows import Bound, WindowError, parse_when
+from cleanup_worker.adapters.windows import Bound, parse_when
 from cleanup_worker.cli.app import app
 from cleanup_worker.cli.common import run_async, settings_or_exit
 from cleanup_worker.cli.progress import ProgressDisplay
+from cleanup_worker.errors import WindowError
 from cleanup_worker.logging import get_logger
 from cleanup_worker.service.replay import ReplayReport
 from cleanup_worker.settings import Settings

@@ -32,23 +32,23 @@ from cleanup_worker.adapters.membership_file import LoadedFile
 from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.adapters.sqlstate import is_lost_race
 from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.errors import AlreadyRunning
+from cleanup_worker.errors import AlreadyRunning, BackfillError, BackfillRefused
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import retrying
-from cleanup_worker.service.backfill_plan import (
-    TOP,
-    BackfillError,
-    BackfillRefused,
+from cleanup_worker.service.backfill_options import (
     BackfillRequest,
-    QuietReporter,
-    Reporter,
     RunOptions,
-    Summary,
-    assessment_fields,
     new_options,
     refusal,
     resumed_options,
+)
+from cleanup_worker.service.backfill_summary import (
+    TOP,
+    QuietReporter,
+    Reporter,
+    Summary,
+    assessment_fields,
 )
 from cleanup_worker.settings import Settings
 
