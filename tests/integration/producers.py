@@ -1,6 +1,6 @@
 """Real producers of membership events: each writes records into a topic the way its users do.
 
-A `Case` is one producer in one of its modes; it sends one removal and one addition of its own
+A `Case` is one producer in one of its modes; it sends one addition and one removal of its own
 member, so that every case can be checked on its own after a single worker run. The tools come
 from `make producers` (the Python SDKs, the Java SDK's jars), apt (`kcat`) and scripts/kafka
 (the console producer); a missing one fails the test with how to get it.
@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -58,7 +57,11 @@ class Case:
         return f"{self.name}.{change}"
 
     def events(self) -> list[dict[str, Any]]:
-        """The removal and the addition, as attributes and data every producer is given."""
+        """The addition, then the earlier removal: what every producer is given to send.
+
+        Sent newest first, so the member is never `removed` while the worker runs (R6 must
+        not see the new key as a late one), and the removal still applies (order independence).
+        """
         return [
             {
                 "key": self.key,
@@ -69,7 +72,7 @@ class Case:
                 "datacontenttype": self.datacontenttype,
                 "data": {"account_id": self.account_id, "iam_id": IAM_ID, "actor": "IBMid-100"},
             }
-            for change, time in (("removed", REMOVED_AT), ("added", ADDED_AT))
+            for change, time in (("added", ADDED_AT), ("removed", REMOVED_AT))
         ]
 
 
@@ -120,17 +123,19 @@ CASES = [
 
 
 def ensure_tools() -> None:
-    """Installs what `make producers` installs (quick when done); fails saying what is missing."""
-    result = subprocess.run(
-        ["make", "--no-print-directory", "-s", "producers"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"`make producers` failed:\n{result.stdout}{result.stderr}", pytrace=False)
+    """Fails, saying how to get them, when the producers' tools are missing or stale."""
+    sources = {
+        "python-sdk1": "python-sdk1.txt",
+        "python-sdk2": "python-sdk2.txt",
+        "java": "pom.xml",
+    }
+    for directory, source in sources.items():
+        marker = TOOLS / directory / ".installed"
+        pinned = ROOT / "tests" / "producers" / source
+        if not marker.exists() or marker.stat().st_mtime < pinned.stat().st_mtime:
+            pytest.fail(
+                f"{marker} missing or older than {pinned}: run `make producers`", pytrace=False
+            )
     if shutil.which("kcat") is None:
         pytest.fail("kcat not found: `apt-get install kcat` (.ci/run does it)", pytrace=False)
 
