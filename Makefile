@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install services services-down check test unit demo bench schema clean
+.PHONY: install services services-down check test unit demo bench schema clean producers
 
 install: $(VENV)/.installed
 
@@ -12,6 +12,24 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The real producers tests/integration/test_producers.py drives (kcat comes from apt, see
+# .ci/run): each CloudEvents Python SDK line in a directory of its own (1.x and 2.x share a
+# distribution name, so neither goes into the venv) and the Java SDK's jars.
+PRODUCERS := .dev/producers
+producers: $(PRODUCERS)/python-sdk1/.installed $(PRODUCERS)/python-sdk2/.installed \
+	$(PRODUCERS)/java/.installed
+
+$(PRODUCERS)/python-sdk%/.installed: tests/producers/python-sdk%.txt | $(VENV)/.installed
+	rm -rf $(@D)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --only-binary=:all: \
+		--target $(@D) -r $<
+	touch $@
+
+$(PRODUCERS)/java/.installed: tests/producers/pom.xml
+	rm -rf $(@D)
+	mvn -q -B -f $< generate-resources -Dlib.dir=$(CURDIR)/$(@D)
 	touch $@
 
 services:
@@ -28,7 +46,7 @@ check: install
 unit: install
 	$(BIN)/pytest tests/unit
 
-test: install services check
+test: install services check producers
 	$(BIN)/pytest
 
 # The README's first command: everything end to end on the local services.

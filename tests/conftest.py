@@ -6,13 +6,14 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
 import pytest
+import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cleanup_worker.adapters.migrator import migrate
@@ -81,9 +82,9 @@ def services() -> Iterator[Services]:
         asyncio.run(_drop_template(found.database_url))
 
 
-@pytest.fixture
-async def database_url(services: Services) -> AsyncIterator[str]:
-    """A fresh, migrated database of its own for one test."""
+@asynccontextmanager
+async def fresh_database(services: Services) -> AsyncIterator[str]:
+    """A new database cloned from the migrated template, dropped afterwards."""
     name = f"cw_test_{uuid.uuid4().hex[:16]}"
     admin = await asyncpg.connect(services.database_url)
     try:
@@ -99,6 +100,13 @@ async def database_url(services: Services) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def database_url(services: Services) -> AsyncIterator[str]:
+    """A fresh, migrated database of its own for one test."""
+    async with fresh_database(services) as url:
+        yield url
+
+
+@pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Any]:
     """A connection to this test's database, for arranging and asserting."""
     conn = await asyncpg.connect(database_url)
@@ -106,9 +114,8 @@ async def db(database_url: str) -> AsyncIterator[Any]:
     await conn.close()
 
 
-@pytest.fixture
-async def topics(services: Services) -> tuple[str, str]:
-    """A fresh events topic (3 partitions) and its dead-letter topic for one test."""
+async def fresh_topics(services: Services) -> tuple[str, str]:
+    """A new events topic (3 partitions) and its dead-letter topic."""
     suffix = uuid.uuid4().hex[:12]
     events, dlq = f"test-events-{suffix}", f"test-dlq-{suffix}"
     admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap_servers)
@@ -126,8 +133,13 @@ async def topics(services: Services) -> tuple[str, str]:
 
 
 @pytest.fixture
-def settings(database_url: str, services: Services, topics: tuple[str, str]) -> Settings:
-    """Settings for a worker on this test's database and topics, in its own consumer group."""
+async def topics(services: Services) -> tuple[str, str]:
+    """A fresh events topic (3 partitions) and its dead-letter topic for one test."""
+    return await fresh_topics(services)
+
+
+def worker_settings(database_url: str, services: Services, topics: tuple[str, str]) -> Settings:
+    """Settings for a worker on this database and these topics, in a consumer group of its own."""
     events, dlq = topics
     return Settings(
         database_url=database_url,  # type: ignore[arg-type]  # pydantic converts to SecretStr
@@ -142,3 +154,16 @@ def settings(database_url: str, services: Services, topics: tuple[str, str]) -> 
         retry_max_wait_s=0.5,
         shutdown_grace_s=10,
     )
+
+
+@pytest.fixture
+def settings(database_url: str, services: Services, topics: tuple[str, str]) -> Settings:
+    """Settings for a worker on this test's database and topics, in its own consumer group."""
+    return worker_settings(database_url, services, topics)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_settings(services: Services) -> AsyncIterator[Settings]:
+    """Like `settings`, but one database and one set of topics for a whole test module."""
+    async with fresh_database(services) as url:
+        yield worker_settings(url, services, await fresh_topics(services))
