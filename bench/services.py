@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from cleanup_worker.adapters.migrator import migrate
+from tests.services import dev_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,12 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def service_env() -> dict[str, str]:
     """CLEANUP_DATABASE_URL and CLEANUP_KAFKA_BOOTSTRAP_SERVERS: from the environment, else
     from `.dev/env` (run `scripts/dev-services up` first)."""
-    values = {}
     env_file = ROOT / ".dev" / "env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            values[key.strip()] = value.strip()
+    values = dev_env(env_file) if env_file.exists() else {}
     for key in ("CLEANUP_DATABASE_URL", "CLEANUP_KAFKA_BOOTSTRAP_SERVERS"):
         if os.environ.get(key):
             values[key] = os.environ[key]

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from dotenv import dotenv_values
 from rich.console import Console
 from rich.table import Table
 
@@ -32,12 +33,9 @@ if not console.is_terminal:  # piped or in CI: wide enough that the tables stay 
 
 
 def dev_env() -> dict[str, str]:
-    values = {}
-    for line in (ROOT / ".dev" / "env").read_text().splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        if key.startswith("CLEANUP_"):
-            values[key] = value
-    return values
+    """The variables `scripts/dev-services up` wrote (python-dotenv reads the `export` lines)."""
+    values = dotenv_values(ROOT / ".dev" / "env")
+    return {key: value for key, value in values.items() if key.startswith("CLEANUP_") and value}
 
 
 def cloudevent(kind: str, iam_id: str, when: datetime, event_id: str | None = None) -> bytes:

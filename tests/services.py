@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
 HOW_TO = (
@@ -64,14 +65,9 @@ def _from_testcontainers(stack: ExitStack) -> Services:
     return Services(postgres.get_connection_url(), kafka.get_bootstrap_server(), "testcontainers")
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    values = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip().removeprefix("export ").strip()
-        if "=" in line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip().strip("'\"")
-    return values
+def dev_env(path: Path = ROOT / ".dev" / "env") -> dict[str, str]:
+    """The `CLEANUP_*` variables `scripts/dev-services up` wrote (the one reader of .dev/env)."""
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
 def _from_dev_services() -> Services:
@@ -87,7 +83,7 @@ def _from_dev_services() -> Services:
     if result.returncode != 0 or not env_file.exists():
         tail = "\n".join(printed.splitlines()[-15:])
         pytest.fail(f"{HOW_TO}\n`scripts/dev-services up` failed:\n{tail}", pytrace=False)
-    values = _read_env_file(env_file)
+    values = dev_env(env_file)
     return Services(
         values["CLEANUP_DATABASE_URL"], values["CLEANUP_KAFKA_BOOTSTRAP_SERVERS"], "dev-services"
     )

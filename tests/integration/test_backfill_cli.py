@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import eventually
+from tests.support.waiting import eventually
 
 KEYS_PER_USER = 5
 

@@ -16,7 +16,8 @@ from cleanup_worker.service.backfill import Backfill
 from cleanup_worker.service.backfill_options import BackfillRequest
 from cleanup_worker.service.backfill_summary import Summary
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import at, revoked_keys, seed_key
+from tests.support.database import revoked_keys, seed_key
+from tests.support.events import at
 
 HEADER = b"account_id,iam_id,member_since\n"
 

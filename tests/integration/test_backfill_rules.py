@@ -18,7 +18,8 @@ from cleanup_worker.service.backfill import Backfill
 from cleanup_worker.service.backfill_options import BackfillRequest
 from cleanup_worker.service.backfill_summary import Summary
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import at, revoked_keys, seed_key
+from tests.support.database import revoked_keys, seed_key
+from tests.support.events import at
 
 EVERYTHING = 1.0  # --max-fraction for small data sets where most keys are orphaned
 

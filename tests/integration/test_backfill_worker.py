@@ -12,16 +12,11 @@ from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.service.backfill import Backfill
 from cleanup_worker.service.backfill_options import BackfillRequest
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    event,
-    eventually,
-    ledger_size,
-    publisher,
-    revoked_keys,
-    running_worker,
-    seed_key,
-)
+from tests.support.database import ledger_size, revoked_keys, seed_key
+from tests.support.events import at, event
+from tests.support.kafka import publisher
+from tests.support.processes import running_worker
+from tests.support.waiting import eventually
 
 USERS = 12  # per group
 KEYS = 3  # per user, created at minutes 0, 1, 2

@@ -8,29 +8,14 @@ from typing import Any
 import pytest
 
 from cleanup_worker.domain.events import MembershipEvent
-from cleanup_worker.domain.rules import Membership, State
-from cleanup_worker.observability import metrics
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    event,
-    eventually,
-    ledger_size,
-    publisher,
-    revoked_keys,
-    running_worker,
-    seed_key,
-)
 from tests.oracle import KeyFact, expected_state
-
-
-async def membership_rows(db: Any) -> dict[tuple[str, str], Membership]:
-    return {
-        (r["account_id"], r["iam_id"]): Membership(
-            State(r["state"]), r["member_since"], r["changed_at"]
-        )
-        for r in await db.fetch("SELECT * FROM account_memberships")
-    }
+from tests.support.database import ledger_size, membership_rows, revoked_keys, seed_key
+from tests.support.events import at, event
+from tests.support.kafka import publisher
+from tests.support.metrics import sample
+from tests.support.processes import running_worker
+from tests.support.waiting import eventually
 
 
 async def _wait_for_ledger(db: Any, count: int) -> None:
@@ -42,8 +27,8 @@ async def _wait_for_ledger(db: Any, count: int) -> None:
 
 async def test_duplicates_change_nothing(settings: Settings, db: Any) -> None:
     """The same removal delivered three times is applied once and counted as duplicate."""
-    duplicates = metrics.EVENTS.labels("account.member.removed", "duplicate")
-    before = duplicates._value.get()
+    labels = {"type": "account.member.removed", "outcome": "duplicate"}
+    before = sample("cleanup_events_total", labels)
     key = await seed_key(db, "acct", "alice", at(0))
     removal = event("removed", "acct", "alice", at(5))
     async with publisher(settings) as pub, running_worker(settings) as process:
@@ -59,7 +44,7 @@ async def test_duplicates_change_nothing(settings: Settings, db: Any) -> None:
         await eventually(third_seen)
     assert await revoked_keys(db) == {key: ("member_removed", removal.ref)}
     assert await ledger_size(db) == 1
-    assert duplicates._value.get() - before == 2
+    assert sample("cleanup_events_total", labels) - before == 2
 
 
 async def test_re_added_member_keeps_old_keys_dead_and_new_key_alive(

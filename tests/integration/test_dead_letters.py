@@ -10,21 +10,11 @@ import pytest
 from cleanup_worker import __version__
 from cleanup_worker.adapters import dlq
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    binary,
-    committed_offsets,
-    end_offsets,
-    event,
-    eventually,
-    ledger_size,
-    publisher,
-    read_topic,
-    revoked_keys,
-    running_worker,
-    seed_key,
-    structured,
-)
+from tests.support.database import ledger_size, revoked_keys, seed_key
+from tests.support.events import at, binary, event, structured
+from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
+from tests.support.processes import running_worker
+from tests.support.waiting import eventually
 
 _GOOD = event("removed", "acct", "alice", at(10))
 _S_VALUE, _S_HEADERS = structured(_GOOD)

@@ -17,18 +17,11 @@ from cleanup_worker.adapters.redrives import Redriven
 from cleanup_worker.domain.events import EventTypes, MembershipEvent
 from cleanup_worker.service.dead_letters import fingerprint, inspect
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    cli,
-    end_offsets,
-    event,
-    eventually,
-    publisher,
-    revoked_keys,
-    running_worker,
-    seed_key,
-    structured,
-)
+from tests.support.database import revoked_keys, seed_key
+from tests.support.events import at, event, structured
+from tests.support.kafka import end_offsets, publisher
+from tests.support.processes import cli, running_worker
+from tests.support.waiting import eventually
 
 PADDING = "p" * 300  # makes the event larger than 256 bytes, the limit the worker ran with
 

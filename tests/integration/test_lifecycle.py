@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -16,20 +15,13 @@ import pytest
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    committed_offsets,
-    end_offsets,
-    event,
-    eventually,
-    ledger_size,
-    publisher,
-    revoked_keys,
-    running_worker,
-    seed_key,
-    spawn_worker,
-)
 from tests.services import ROOT, Services
+from tests.support.database import ledger_size, revoked_keys, seed_key
+from tests.support.events import at, event
+from tests.support.kafka import committed_offsets, end_offsets, publisher
+from tests.support.metrics import scrape
+from tests.support.processes import running_worker, spawn_worker
+from tests.support.waiting import eventually
 
 STREAM = 3000
 
@@ -271,23 +263,6 @@ async def test_livez_fails_when_the_poll_loop_is_wedged(settings: Settings) -> N
 
 async def test_metrics_parse_and_move_with_traffic(settings: Settings, db: Any) -> None:
     """/metrics parses as Prometheus text and its counters move when events are applied."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
-    async def scrape(port: int) -> dict[str, float]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        await writer.drain()
-        raw = (await reader.read()).decode()
-        writer.close()
-        await writer.wait_closed()
-        body = raw.split("\r\n\r\n", 1)[1]
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(body):
-            for sample in family.samples:
-                key = sample.name + json.dumps(sample.labels, sort_keys=True)
-                samples[key] = sample.value
-        return samples
-
     await seed_key(db, "acct", "alice", at(0))
     async with running_worker(settings) as process, publisher(settings) as pub:
         assert process.http is not None
@@ -301,11 +276,17 @@ async def test_metrics_parse_and_move_with_traffic(settings: Settings, db: Any) 
         await eventually(applied)
         await asyncio.sleep(0.2)
         after = await scrape(process.http.port)
-    applied_key = 'cleanup_events_total{"outcome": "applied", "type": "account.member.removed"}'
-    revoked_key = 'cleanup_keys_revoked_total{"reason": "member_removed"}'
-    assert after[applied_key] == before.get(applied_key, 0) + 1
-    assert after[revoked_key] == before.get(revoked_key, 0) + 1
-    assert any(name.startswith("cleanup_revocation_lag_seconds_bucket") for name in after)
+    applied_labels = {"outcome": "applied", "type": "account.member.removed"}
+    revoked = {"reason": "member_removed"}
+    assert after.value("cleanup_events_total", applied_labels) == (
+        before.value("cleanup_events_total", applied_labels) + 1
+    )
+    assert after.value("cleanup_keys_revoked_total", revoked) == (
+        before.value("cleanup_keys_revoked_total", revoked) + 1
+    )
+    assert after.value("cleanup_revocation_lag_seconds_count") == (
+        before.value("cleanup_revocation_lag_seconds_count") + 1
+    )
     assert await revoked_keys(db)
 
 

@@ -6,32 +6,19 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cleanup_worker.observability import metrics
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    committed_offsets,
-    database_state,
-    end_offsets,
-    event,
-    eventually,
-    ledger_size,
-    publisher,
-    running_worker,
-    seed_key,
-)
 from tests.services import ROOT
+from tests.support.database import database_state, ledger_size, seed_key
+from tests.support.events import at, event
+from tests.support.kafka import committed_offsets, end_offsets, publisher
+from tests.support.metrics import sample_total
+from tests.support.processes import running_worker
+from tests.support.waiting import eventually
 
 
 def events_counted(outcome: str) -> float:
     """cleanup_events_total for one outcome, summed over event types (this process)."""
-    return sum(
-        sample.value
-        for family in metrics.REGISTRY.collect()
-        if family.name == "cleanup_events"
-        for sample in family.samples
-        if sample.name == "cleanup_events_total" and sample.labels.get("outcome") == outcome
-    )
+    return sample_total("cleanup_events_total", outcome=outcome)
 
 
 async def reset_group_to(settings: Settings, when: datetime) -> str:

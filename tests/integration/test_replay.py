@@ -11,21 +11,11 @@ from aiokafka import AIOKafkaProducer
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    cli,
-    committed_offsets,
-    database_state,
-    end_offsets,
-    event,
-    eventually,
-    ledger_size,
-    publisher,
-    revoked_keys,
-    running_worker,
-    seed_key,
-    structured,
-)
+from tests.support.database import database_state, ledger_size, revoked_keys, seed_key
+from tests.support.events import at, event, structured
+from tests.support.kafka import committed_offsets, end_offsets, publisher
+from tests.support.processes import cli, running_worker
+from tests.support.waiting import eventually
 
 HOUR_MS = 3_600_000
 
@@ -161,7 +151,7 @@ async def test_replay_beside_the_live_worker_keeps_its_group_and_the_state_right
     keys, rows = await database_state(db)
     assert [k for k in keys if k[0] != late] == [k for k in applied[0] if k[0] != late]
     assert (late, True, "member_removed") in keys
-    assert [r for r in rows if r[1] != "late"] == applied[1]
+    assert {m: r for m, r in rows.items() if m[1] != "late"} == applied[1]
 
 
 async def test_malformed_records_are_counted_not_dead_lettered_again(

@@ -1,0 +1,2 @@
+"""What the tests share, one module per concern: events, kafka, database, processes, waiting,
+metrics."""

@@ -1,0 +1,58 @@
+"""The database for tests: seed keys, and read what the rules decided (one reader each)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from cleanup_worker.domain.events import Member
+from cleanup_worker.domain.rules import Membership, State
+
+
+async def seed_key(
+    db: Any, account_id: str, iam_id: str, created_at: datetime, *, name: str = ""
+) -> uuid.UUID:
+    key_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO api_keys (id, account_id, iam_id, name, key_hash, created_at) "
+        "VALUES ($1, $2, $3, $4, 'sha256:test', $5)",
+        key_id,
+        account_id,
+        iam_id,
+        name,
+        created_at,
+    )
+    return key_id
+
+
+async def revoked_keys(db: Any) -> dict[uuid.UUID, tuple[str, str]]:
+    rows = await db.fetch(
+        "SELECT id, revocation_reason, revoked_by FROM api_keys WHERE revoked_at IS NOT NULL"
+    )
+    return {row["id"]: (row["revocation_reason"], row["revoked_by"]) for row in rows}
+
+
+async def ledger_size(db: Any) -> int:
+    count: int = await db.fetchval("SELECT count(*) FROM membership_events")
+    return count
+
+
+async def database_state(db: Any) -> tuple[list[tuple[Any, ...]], dict[Member, Membership]]:
+    """Keys (id, revoked?, reason) and membership rows: what the rules decide."""
+    keys = await db.fetch(
+        "SELECT id, revoked_at IS NOT NULL AS revoked, revocation_reason FROM api_keys ORDER BY id"
+    )
+    return [tuple(r) for r in keys], await membership_rows(db)
+
+
+async def membership_rows(db: Any) -> dict[Member, Membership]:
+    """`account_memberships` as the rules' Membership values, by (account_id, iam_id)."""
+    return {
+        (r["account_id"], r["iam_id"]): Membership(
+            State(r["state"]), r["member_since"], r["changed_at"]
+        )
+        for r in await db.fetch(
+            "SELECT account_id, iam_id, state, member_since, changed_at FROM account_memberships"
+        )
+    }

@@ -1,0 +1,119 @@
+"""Kafka for tests: publish events and raw records, read topics and the group's offsets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from cleanup_worker.domain.events import MembershipEvent
+from cleanup_worker.settings import Settings
+from tests.support.events import binary, structured
+
+
+@dataclass
+class Publisher:
+    producer: AIOKafkaProducer
+    topic: str
+
+    async def events(
+        self, events: Iterable[MembershipEvent], *, partition: int | None = None, mode: str = "s"
+    ) -> None:
+        # Pipelined: the idempotent producer keeps per-partition order.
+        pending = []
+        for e in events:
+            value, headers = structured(e) if mode == "s" else binary(e)
+            pending.append(
+                await self.producer.send(
+                    self.topic,
+                    value=value,
+                    key=f"{e.account_id}/{e.iam_id}".encode(),
+                    headers=headers,
+                    partition=partition,
+                )
+            )
+        await asyncio.gather(*pending)
+
+    async def raw(
+        self,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        *,
+        key: bytes | None = b"raw",
+        partition: int | None = None,
+    ) -> None:
+        await self.producer.send_and_wait(
+            self.topic, value=value, key=key, headers=headers or [], partition=partition
+        )
+
+
+@asynccontextmanager
+async def publisher(settings: Settings) -> AsyncIterator[Publisher]:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        yield Publisher(producer, settings.kafka_topics[0])
+    finally:
+        await producer.stop()
+
+
+async def committed_offsets(settings: Settings) -> dict[int, int]:
+    """The live group's committed offset per partition of the events topic."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(settings.kafka_group_id)
+    finally:
+        await admin.close()
+    topic = settings.kafka_topics[0]
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+
+
+async def end_offsets(settings: Settings, topic: str | None = None) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        name = topic or settings.kafka_topics[0]
+        partitions = await topic_partitions(settings, name)
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def read_topic(settings: Settings, topic: str) -> list[Any]:
+    """Every record now in `topic` (all partitions), oldest first per partition."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(settings, topic)
+        ends = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for items in batch.values():
+                records.extend(items)
+    finally:
+        await consumer.stop()
+    return records

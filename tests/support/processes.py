@@ -1,0 +1,77 @@
+"""The programs under test: a worker in this process, or `cleanup-worker` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from cleanup_worker.bootstrap import worker_process
+from cleanup_worker.service.process import WorkerProcess
+from cleanup_worker.settings import Settings
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[WorkerProcess]:
+    """A worker in this process, started and later drained as SIGTERM would."""
+    process = worker_process(settings)
+    task = asyncio.create_task(process.serve())
+    started = asyncio.create_task(process.started.wait())
+    done, _ = await asyncio.wait({task, started}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+    assert started in done, "worker did not start within 60 s"
+    try:
+        yield process
+    finally:
+        process.request_stop()
+        await asyncio.wait_for(task, timeout=settings.shutdown_grace_s + 5)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a `cleanup-worker` subprocess needs to act like `settings`."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CLEANUP_DATABASE_URL": settings.database_url.get_secret_value(),
+        "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": settings.require_kafka(),
+        "CLEANUP_KAFKA_TOPICS": ",".join(settings.kafka_topics),
+        "CLEANUP_DLQ_TOPIC": settings.dlq_topic,
+        "CLEANUP_KAFKA_GROUP_ID": settings.kafka_group_id,
+        "CLEANUP_HTTP_PORT": "0",
+        "CLEANUP_HTTP_HOST": "127.0.0.1",
+        "CLEANUP_LOG_FORMAT": "json",
+        "CLEANUP_RETRY_MAX_WAIT_S": "0.5",
+    }
+    env.update(extra)
+    return env
+
+
+async def cli(settings: Settings, *args: str, **extra: str) -> tuple[int, str, str]:
+    """Runs `cleanup-worker ARGS` as a real process with the test's settings."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cleanup_worker",
+        *args,
+        env=worker_env(settings, **extra),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def spawn_worker(settings: Settings, **extra: str) -> asyncio.subprocess.Process:
+    """`cleanup-worker run` as a real process (so it can be SIGTERMed or SIGKILLed)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cleanup_worker",
+        "run",
+        env=worker_env(settings, **extra),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
