@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install services services-down check test unit demo bench schema clean producers
+.PHONY: install services services-down tools check test unit demo bench schema clean producers
 
 install: $(VENV)/.installed
 
@@ -38,15 +38,19 @@ services:
 services-down:
 	scripts/dev-services down
 
+# kustomize and promtool for the deploy-file tests, cached under .dev/tools.
+tools:
+	scripts/tools install
+
 check: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-unit: install
+unit: install tools
 	$(BIN)/pytest tests/unit
 
-test: install services check producers
+test: install services tools check producers
 	$(BIN)/pytest
 
 # The README's first command: everything end to end on the local services.

@@ -66,9 +66,13 @@ async def seed_keys(db: Any, users: int, prefix: str) -> None:
 
 
 async def reset(db: Any) -> None:
+    # Un-revoking is what R4's trigger (migration 0007) refuses; the benchmark owns its scratch
+    # database and takes the documented way around it, in one transaction.
     await db.execute(
+        "BEGIN; ALTER TABLE api_keys DISABLE TRIGGER api_keys_revocation_is_permanent; "
         "UPDATE api_keys SET revoked_at = NULL, revocation_reason = NULL, revoked_by = NULL "
-        "WHERE revoked_at IS NOT NULL"
+        "WHERE revoked_at IS NOT NULL; "
+        "ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_revocation_is_permanent; COMMIT"
     )
     await db.execute("TRUNCATE membership_events, account_memberships, membership_baselines")
     await db.execute("VACUUM ANALYZE")

@@ -53,10 +53,16 @@ async def apply_with_worker(settings: Settings, db: Any, count: int) -> None:
 
 
 async def lose_writes(db: Any) -> None:
-    """What a restored backup or a careless script does: revocations and rows gone."""
-    await db.execute(
-        "UPDATE api_keys SET revoked_at = NULL, revocation_reason = NULL, revoked_by = NULL"
-    )
+    """What a restored backup does: revocations and rows gone."""
+    # A restore writes no UPDATE; R4's trigger (migration 0007) would refuse this one.
+    async with db.transaction():
+        await db.execute("ALTER TABLE api_keys DISABLE TRIGGER api_keys_revocation_is_permanent")
+        await db.execute(
+            "UPDATE api_keys SET revoked_at = NULL, revocation_reason = NULL, revoked_by = NULL"
+        )
+        await db.execute(
+            "ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_revocation_is_permanent"
+        )
     await db.execute("DELETE FROM account_memberships")
 
 

@@ -15,7 +15,14 @@ import asyncio
 
 import asyncpg
 
-__all__ = ["describe", "is_lost_race", "is_per_event", "is_transient", "sqlstate_of"]
+__all__ = [
+    "REVOCATION_IS_PERMANENT",
+    "describe",
+    "is_lost_race",
+    "is_per_event",
+    "is_transient",
+    "sqlstate_of",
+]
 
 # The transaction lost to another; it rolled back and released its own locks.
 _LOST_RACE = frozenset({"40001", "40P01", "55P03"})
@@ -28,6 +35,10 @@ _UNAVAILABLE_CLASSES = ("08", "53", "57P")
 # missing table) is a deployment fault and must stop us.
 _PER_EVENT_CLASSES = ("22", "23")
 _PER_EVENT = frozenset({"57014"})
+# Our own class CW (migration 0007's trigger, R4): an UPDATE that would un-revoke a key or
+# rewrite its revocation. Neither transient nor per event on purpose: our SQL never does
+# that, so from us it is a bug, and it stops the worker.
+REVOCATION_IS_PERMANENT = "CW001"
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
