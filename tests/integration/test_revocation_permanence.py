@@ -12,16 +12,11 @@ from cleanup_worker.adapters.sqlstate import REVOCATION_IS_PERMANENT, is_per_eve
 from cleanup_worker.service.backfill import Backfill
 from cleanup_worker.service.backfill_options import BackfillRequest
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    event,
-    eventually,
-    ledger_size,
-    publisher,
-    revoked_keys,
-    running_worker,
-    seed_key,
-)
+from tests.support.database import ledger_size, revoked_keys, seed_key
+from tests.support.events import at, event
+from tests.support.kafka import publisher
+from tests.support.processes import running_worker
+from tests.support.waiting import eventually
 
 REVOKED_BY = "event:/accounts#earlier"
 
