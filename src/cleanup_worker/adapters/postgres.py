@@ -37,8 +37,11 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> Poo
                 server_settings={
                     "application_name": "cleanup-worker",
                     "statement_timeout": str(settings.database_statement_timeout_ms),
-                    # A revocation must never wait long behind someone else's lock.
-                    "lock_timeout": str(min(settings.database_statement_timeout_ms, 10_000)),
+                    # A revocation must never wait long behind someone else's lock. Shorter than
+                    # the statement timeout, so that a lock wait ends as a lost race (55P03,
+                    # retried) and never as a statement timeout (57014), which would dead-letter
+                    # a valid event as too costly.
+                    "lock_timeout": str(min(settings.database_statement_timeout_ms // 2, 10_000)),
                 },
             )
     raise AssertionError("unreachable: stamina retries forever")  # pragma: no cover
