@@ -25,6 +25,7 @@ from cleanup_worker.errors import ServiceUnavailable
 from cleanup_worker.logging import configure_logging
 from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import install_retry_hooks, retrying
+from cleanup_worker.service.classify import RecordClassifier
 from cleanup_worker.service.consumer import Worker
 from cleanup_worker.service.handler import BatchHandler
 from cleanup_worker.service.process import Consuming, WorkerProcess, run_until_signalled
@@ -64,8 +65,11 @@ def build_handler(
 ) -> BatchHandler:
     return BatchHandler(
         pool,
-        types=settings.event_types,
-        max_event_bytes=settings.max_event_bytes,
+        classify=RecordClassifier(
+            types=settings.event_types,
+            max_bytes=settings.max_event_bytes,
+            max_future_skew_s=settings.max_future_skew_s,
+        ),
         dead_letters=dead_letters,
         retry_max_wait_s=settings.retry_max_wait_s,
         on_db_trouble=health.database_trouble if health else None,

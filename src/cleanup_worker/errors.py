@@ -33,6 +33,11 @@ class MalformedEvent(CleanupError):
     """
 
 
+class FutureDatedEvent(CleanupError):
+    """A valid event whose time is further ahead of the worker's clock than the allowed skew
+    (DESIGN §2): dead-lettered, and applied by a redrive once its time has come."""
+
+
 class MigrationError(CleanupError):
     """The schema cannot be brought to the expected version (e.g. an applied file changed)."""
 

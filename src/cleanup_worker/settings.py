@@ -55,6 +55,7 @@ class Settings(BaseSettings):
         default_factory=lambda: ["account.member.removed"], min_length=1
     )
     max_event_bytes: int = Field(default=65_536, ge=256, le=10_485_760)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
 
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=100, ge=0, le=60_000)

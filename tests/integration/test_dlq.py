@@ -15,6 +15,7 @@ from cleanup_worker.adapters import dlq
 from cleanup_worker.adapters.kafka import Record
 from cleanup_worker.adapters.redrives import Redriven
 from cleanup_worker.domain.events import EventTypes, MembershipEvent
+from cleanup_worker.service.classify import RecordClassifier
 from cleanup_worker.service.dead_letters import fingerprint, inspect
 from cleanup_worker.settings import Settings
 from tests.support.database import revoked_keys, seed_key
@@ -24,6 +25,8 @@ from tests.support.processes import cli, running_worker
 from tests.support.waiting import eventually
 
 PADDING = "p" * 300  # makes the event larger than 256 bytes, the limit the worker ran with
+
+CLASSIFY = RecordClassifier(EventTypes(), max_bytes=1024, max_future_skew_s=300)
 
 
 async def cli_json(settings: Settings, *args: str, **extra: str) -> dict[str, Any]:
@@ -153,6 +156,6 @@ def test_a_different_record_at_a_redriven_place_is_not_taken_as_redriven() -> No
     record = Record("dlq", 0, 7, 0, b"k", b"{not json", ((dlq.H_TOPIC, b"events"),))
     other = Record("dlq", 0, 7, 0, b"k", b"{also not json", ((dlq.H_TOPIC, b"events"),))
     done = Redriven(fingerprint(other), "applied", datetime.now(UTC))
-    assert inspect(record, types=EventTypes(), max_bytes=1024, done=done).redriven is None
+    assert inspect(record, CLASSIFY, done=done).redriven is None
     same = Redriven(fingerprint(record), "applied", datetime.now(UTC))
-    assert inspect(record, types=EventTypes(), max_bytes=1024, done=same).redriven == same
+    assert inspect(record, CLASSIFY, done=same).redriven == same

@@ -39,8 +39,7 @@ def _read(
         clients.admin,
         clients.pool,
         topic=settings.dlq_topic,
-        types=settings.event_types,
-        max_bytes=settings.max_event_bytes,
+        classify=clients.handler.classify,
         batch_size=settings.batch_max_records,
         on_progress=lambda done, total: view.update("dead letters", done, total),
     )
@@ -71,6 +70,8 @@ def _describe(letter: dict[str, Any]) -> str:
         now = "parses, would apply"
     elif letter["now"] == "ignored":
         now = "parses, but its type is not configured (ignored)"
+    elif letter["now"] == "future":
+        now = f"not yet: {_plain(letter['error_now'])}"
     else:
         now = f"still malformed: {_plain(letter['error_now'])}"
     lines = [
@@ -117,6 +118,7 @@ def list_(
                 "topic": settings.dlq_topic,
                 "dead_letters": len(letters),
                 "parses_now": sum(1 for d in letters if d["parses_now"]),
+                "applies_now": sum(1 for d in letters if d["applies_now"]),
                 "would_apply": sum(1 for d in letters if d["now"] == "event"),
                 "redriven": sum(1 for d in letters if d["redriven"] is not None),
                 "letters": letters,

@@ -19,6 +19,7 @@ __all__ = [
     "Membership",
     "OrphanReason",
     "State",
+    "beyond_clock_skew",
     "derive_membership",
     "latest_removals",
     "orphan_reason",
@@ -202,6 +203,14 @@ def latest_removals(events: Iterable[MembershipEvent]) -> dict[tuple[str, str], 
         if current is None or event.order_key > current.order_key:
             latest[member] = event
     return latest
+
+
+def beyond_clock_skew(event_time: datetime, now: datetime, max_skew_s: float) -> bool:
+    """Clock skew (DESIGN §2): an event dated more than `max_skew_s` seconds after `now` is not
+    applied. A future-dated removal would keep its member `removed` past every real re-add,
+    and R5 would then revoke the keys of their next membership. Events from the past are
+    normal (replays)."""
+    return (event_time - now).total_seconds() > max_skew_s
 
 
 def unique_events(events: Iterable[MembershipEvent]) -> tuple[list[MembershipEvent], int]:

@@ -56,6 +56,13 @@ DEAD_LETTERS = Counter(
     ["error"],
     registry=REGISTRY,
 )
+FUTURE_EVENTS = Counter(
+    "cleanup_future_events",
+    "Events dead-lettered because their time is further ahead of the worker's clock than "
+    "CLEANUP_MAX_FUTURE_SKEW_S (a producer's clock is wrong), by CloudEvent type.",
+    ["type"],
+    registry=REGISTRY,
+)
 ISOLATED_FAILURES = Counter(
     "cleanup_isolated_failures",
     "Events that failed on their own after their batch failed (then dead-lettered).",

@@ -16,19 +16,18 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from cleanup_worker.adapters import dlq, redrives
-from cleanup_worker.adapters.cloudevents import parse_record
 from cleanup_worker.adapters.kafka import Admin, PartitionReader, Record
 from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.adapters.windows import WindowReader, resolve_window
-from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
-from cleanup_worker.errors import MalformedEvent
+from cleanup_worker.domain.events import IgnoredEvent, MembershipEvent
 from cleanup_worker.logging import get_logger
+from cleanup_worker.service.classify import FutureDated, RecordClassifier
 from cleanup_worker.service.handler import BatchHandler, BatchOutcome
 from cleanup_worker.service.replay import summarize
 
 log = get_logger(__name__)
 
-Status = Literal["event", "ignored", "malformed"]
+Status = Literal["event", "ignored", "future", "malformed"]
 
 
 def _iso(ms: int | str | None) -> str | None:
@@ -113,6 +112,7 @@ class DeadLetter:
             "worker_version": prov.get(dlq.H_VERSION),
             "failed_at": _iso(prov.get(dlq.H_FAILED_AT)),
             "parses_now": self.status != "malformed",
+            "applies_now": self.status == "event",
             "now": self.status,
             "error_now": self.error_now,
             "redriven": None
@@ -122,18 +122,22 @@ class DeadLetter:
 
 
 def inspect(
-    record: Record, *, types: EventTypes, max_bytes: int, done: redrives.Redriven | None = None
+    record: Record, classify: RecordClassifier, *, done: redrives.Redriven | None = None
 ) -> DeadLetter:
-    """Decodes the provenance and parses the record with today's rules and settings."""
+    """Decodes the provenance and classifies the record with today's rules, settings and clock.
+
+    A future-dated letter has no event to apply yet: it becomes one once its time has come.
+    """
     provenance = dlq.decode_provenance(dict(record.headers))
     redriven = done if done is not None and done.fingerprint == fingerprint(record) else None
-    try:
-        parsed = parse_record(record.value, record.headers, types=types, max_bytes=max_bytes)
-    except MalformedEvent as exc:
-        return DeadLetter(record, provenance, "malformed", str(exc), None, redriven)
-    if isinstance(parsed, IgnoredEvent):
+    found = classify(record)
+    if isinstance(found, MembershipEvent):
+        return DeadLetter(record, provenance, "event", None, found, redriven)
+    if isinstance(found, IgnoredEvent):
         return DeadLetter(record, provenance, "ignored", None, None, redriven)
-    return DeadLetter(record, provenance, "event", None, parsed, redriven)
+    if isinstance(found, FutureDated):
+        return DeadLetter(record, provenance, "future", found.failure.message, None, redriven)
+    return DeadLetter(record, provenance, "malformed", found.message, None, redriven)
 
 
 async def read_dead_letters(
@@ -142,8 +146,7 @@ async def read_dead_letters(
     pool: Pool,
     *,
     topic: str,
-    types: EventTypes,
-    max_bytes: int,
+    classify: RecordClassifier,
     batch_size: int,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> AsyncIterator[list[DeadLetter]]:
@@ -160,10 +163,7 @@ async def read_dead_letters(
         read += len(records)
         if on_progress:
             on_progress(read, total)
-        yield [
-            inspect(r, types=types, max_bytes=max_bytes, done=done.get((r.partition, r.offset)))
-            for r in records
-        ]
+        yield [inspect(r, classify, done=done.get((r.partition, r.offset))) for r in records]
 
 
 @dataclass

@@ -13,18 +13,17 @@ from typing import Protocol
 import asyncpg
 
 from cleanup_worker.adapters import keys
-from cleanup_worker.adapters.cloudevents import parse_record
 from cleanup_worker.adapters.dlq import Failure
 from cleanup_worker.adapters.kafka import Record
 from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.adapters.sqlstate import describe, is_per_event, is_transient
-from cleanup_worker.domain.events import Change, EventTypes, IgnoredEvent, MembershipEvent
+from cleanup_worker.domain.events import Change, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import unique_events
-from cleanup_worker.errors import MalformedEvent
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import retrying
 from cleanup_worker.service.batch_transaction import apply_events
+from cleanup_worker.service.classify import FutureDated, RecordClassifier
 
 log = get_logger(__name__)
 
@@ -51,6 +50,7 @@ class BatchOutcome:
     ignored: int = 0
     dead_lettered: int = 0
     malformed: int = 0  # of dead_lettered: not a valid event
+    future_dated: int = 0  # of dead_lettered: dated beyond the allowed clock skew
     rejected: int = 0  # of dead_lettered: a valid event the database refused on its own
     keys_revoked: int = 0
     memberships_changed: int = 0
@@ -62,6 +62,7 @@ class BatchOutcome:
         self.ignored += other.ignored
         self.dead_lettered += other.dead_lettered
         self.malformed += other.malformed
+        self.future_dated += other.future_dated
         self.rejected += other.rejected
         self.keys_revoked += other.keys_revoked
         self.memberships_changed += other.memberships_changed
@@ -85,6 +86,7 @@ class ParsedBatch:
     valid: list[tuple[Record, MembershipEvent]] = field(default_factory=list)
     ignored: list[IgnoredEvent] = field(default_factory=list)
     malformed: list[tuple[Record, Failure]] = field(default_factory=list)
+    future: list[tuple[Record, FutureDated]] = field(default_factory=list)
 
 
 class _DryRunRollback(Exception):
@@ -98,20 +100,24 @@ class BatchHandler:
         self,
         pool: Pool,
         *,
-        types: EventTypes,
-        max_event_bytes: int,
+        classify: RecordClassifier,
         dead_letters: DeadLetterSink | None,
         retry_max_wait_s: float,
         on_db_trouble: Callable[[], None] | None = None,
         on_db_ok: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
-        self._types = types
-        self._max_event_bytes = max_event_bytes
+        self._classify = classify
+        self._types = classify.types
         self._dead_letters = dead_letters
         self._retry_max_wait_s = retry_max_wait_s
         self._on_db_trouble = on_db_trouble
         self._on_db_ok = on_db_ok
+
+    @property
+    def classify(self) -> RecordClassifier:
+        """How this handler tells events from the rest (dead letters are inspected alike)."""
+        return self._classify
 
     def _type_label(self, event_type: str) -> str:
         # Bounded label values: configured names, or "other".
@@ -123,21 +129,15 @@ class BatchHandler:
         the worker can do it for the next batch while the database applies this one)."""
         batch = ParsedBatch()
         for record in records:
-            try:
-                parsed = parse_record(
-                    record.value,
-                    record.headers,
-                    types=self._types,
-                    max_bytes=self._max_event_bytes,
-                    origin=record.origin,
-                )
-            except MalformedEvent as exc:
-                batch.malformed.append((record, Failure("MalformedEvent", str(exc))))
-                continue
-            if isinstance(parsed, IgnoredEvent):
-                batch.ignored.append(parsed)
+            found = self._classify(record)
+            if isinstance(found, MembershipEvent):
+                batch.valid.append((record, found))
+            elif isinstance(found, IgnoredEvent):
+                batch.ignored.append(found)
+            elif isinstance(found, FutureDated):
+                batch.future.append((record, found))
             else:
-                batch.valid.append((record, parsed))
+                batch.malformed.append((record, found))
         return batch
 
     async def handle(
@@ -157,6 +157,14 @@ class BatchHandler:
             outcome.dead_lettered += 1
             outcome.malformed += 1
             outcome.by_type[("malformed", Outcome.DEAD_LETTERED)] += 1
+        for record, future in batch.future:
+            # Not applied now: a redrive applies it once its time has come.
+            await self._dead_letter(record, future.failure, dry_run)
+            outcome.dead_lettered += 1
+            outcome.future_dated += 1
+            outcome.by_type[(self._type_label(future.event.type), Outcome.DEAD_LETTERED)] += 1
+            if not dry_run:
+                metrics.FUTURE_EVENTS.labels(self._type_label(future.event.type)).inc()
         for ignored in batch.ignored:
             outcome.ignored += 1
             outcome.by_type[(self._type_label(ignored.type), Outcome.IGNORED)] += 1

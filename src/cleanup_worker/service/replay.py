@@ -63,6 +63,7 @@ def summarize(outcome: BatchOutcome) -> dict[str, Any]:
         "duplicate": outcome.duplicates,
         "ignored": outcome.ignored,
         "malformed": outcome.malformed,
+        "future_dated": outcome.future_dated,
         "rejected": outcome.rejected,
         "keys_revoked": outcome.keys_revoked,
         "memberships_changed": outcome.memberships_changed,

@@ -1,0 +1,68 @@
+"""What a record turns out to be, by today's rules and settings: a membership event to apply,
+an event of a type we ignore, an event dated too far ahead to apply yet, or malformed.
+
+`run`, `replay`, `dlq list` and `dlq redrive` all classify through here, so they agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cleanup_worker.adapters.cloudevents import parse_record
+from cleanup_worker.adapters.dlq import Failure
+from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
+from cleanup_worker.domain.rules import beyond_clock_skew
+from cleanup_worker.errors import FutureDatedEvent, MalformedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class FutureDated:
+    """A valid event whose time is further ahead of our clock than the allowed skew."""
+
+    event: MembershipEvent
+    failure: Failure
+
+
+Classified = MembershipEvent | IgnoredEvent | FutureDated | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class RecordClassifier:
+    """Parses a record and applies the clock-skew rule (DESIGN §2, §3)."""
+
+    types: EventTypes
+    max_bytes: int
+    max_future_skew_s: float
+    clock: Callable[[], float] = time.time
+
+    def __call__(self, record: Record) -> Classified:
+        try:
+            parsed = parse_record(
+                record.value,
+                record.headers,
+                types=self.types,
+                max_bytes=self.max_bytes,
+                origin=record.origin,
+            )
+        except MalformedEvent as exc:
+            return Failure(MalformedEvent.__name__, str(exc))
+        if isinstance(parsed, IgnoredEvent):
+            return parsed
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        if beyond_clock_skew(parsed.time, now, self.max_future_skew_s):
+            return FutureDated(parsed, self._future_failure(parsed, now))
+        return parsed
+
+    def _future_failure(self, event: MembershipEvent, now: datetime) -> Failure:
+        ahead = (event.time - now).total_seconds()
+        # The event time and the skew, never the payload: safe to log and to put in headers.
+        message = (
+            f"event time {event.time.isoformat()} is {ahead:.0f}s ahead of the worker's clock, "
+            f"more than the allowed skew of {self.max_future_skew_s:g}s; "
+            "redrive it once its time has come"
+        )
+        return Failure(FutureDatedEvent.__name__, message)
