@@ -59,6 +59,7 @@ demo: install services
 
 schema: install
 	$(BIN)/python -m cleanup_worker.adapters.event_schema > docs/event-schema.json
+	$(BIN)/python -m cleanup_worker.adapters.event_schema notice > docs/revocation-notice-schema.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

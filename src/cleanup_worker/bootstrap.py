@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from cleanup_worker.adapters import kafka, postgres
 from cleanup_worker.adapters.dlq import DeadLetterPublisher
+from cleanup_worker.adapters.kafka import Producer
 from cleanup_worker.adapters.migrator import Migration, migrate
 from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.errors import ServiceUnavailable
@@ -29,6 +30,7 @@ from cleanup_worker.service.classify import RecordClassifier
 from cleanup_worker.service.consumer import Worker
 from cleanup_worker.service.handler import BatchHandler
 from cleanup_worker.service.process import Consuming, WorkerProcess, run_until_signalled
+from cleanup_worker.service.relay import NoticeRelay
 from cleanup_worker.settings import Settings
 
 
@@ -43,8 +45,8 @@ async def migrate_database(settings: Settings) -> list[Migration]:
         return await migrate(conn)
 
 
-async def start_dead_letters(settings: Settings, stack: AsyncExitStack) -> DeadLetterPublisher:
-    """The idempotent producer of the dead-letter topic, started (waiting for the broker)."""
+async def start_producer(settings: Settings, stack: AsyncExitStack) -> Producer:
+    """The idempotent producer (dead letters, notices), started (waiting for the broker)."""
     producer = kafka.producer(settings)
     async for attempt in retrying(
         "kafka.producer.start", on=KafkaError, wait_max=settings.retry_max_wait_s
@@ -52,8 +54,25 @@ async def start_dead_letters(settings: Settings, stack: AsyncExitStack) -> DeadL
         with attempt:
             await producer.start()
     stack.push_async_callback(producer.stop)
-    return DeadLetterPublisher(
-        producer, settings.dlq_topic, settings.kafka_group_id, settings.retry_max_wait_s
+    return producer
+
+
+async def notice_relay(
+    settings: Settings, producer: Producer, stack: AsyncExitStack
+) -> NoticeRelay | None:
+    """The outbox relay, on a connection of its own, when notices are on (DESIGN §4b)."""
+    if settings.revocations_topic is None:
+        return None
+    pool = await postgres.create_pool(settings, max_size=1)
+    stack.push_async_callback(pool.close)
+    return NoticeRelay(
+        pool,
+        producer,
+        topic=settings.revocations_topic,
+        event_type=settings.revocation_event_type,
+        source=settings.revocation_event_source,
+        batch_size=settings.relay_batch_size,
+        retry_max_wait_s=settings.retry_max_wait_s,
     )
 
 
@@ -62,6 +81,7 @@ def build_handler(
     pool: Pool,
     dead_letters: DeadLetterPublisher | None,
     health: Health | None = None,
+    relay: NoticeRelay | None = None,
 ) -> BatchHandler:
     return BatchHandler(
         pool,
@@ -70,6 +90,8 @@ def build_handler(
             max_bytes=settings.max_event_bytes,
             max_future_skew_s=settings.max_future_skew_s,
         ),
+        announce=settings.announce_revocations,
+        on_revoked=relay.wake if relay else None,
         dead_letters=dead_letters,
         retry_max_wait_s=settings.retry_max_wait_s,
         on_db_trouble=health.database_trouble if health else None,
@@ -81,10 +103,14 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     """The live group's worker with its pool, dead-letter producer and handler."""
     pool = await postgres.create_pool(settings)
     stack.push_async_callback(pool.close)
-    dead_letters = await start_dead_letters(settings, stack)
+    producer = await start_producer(settings, stack)
+    dead_letters = DeadLetterPublisher(
+        producer, settings.dlq_topic, settings.kafka_group_id, settings.retry_max_wait_s
+    )
+    relay = await notice_relay(settings, producer, stack)
     worker = Worker(
         consumer=kafka.group_consumer(settings),
-        handler=build_handler(settings, pool, dead_letters, health),
+        handler=build_handler(settings, pool, dead_letters, health, relay),
         health=health,
         topics=settings.kafka_topics,
         max_records=settings.batch_max_records,
@@ -93,7 +119,11 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
         rebalance_drain_s=settings.rebalance_drain_s,
         retry_max_wait_s=settings.retry_max_wait_s,
     )
-    return Consuming(worker=worker, ping_database=partial(postgres.ping, pool))
+    return Consuming(
+        worker=worker,
+        ping_database=partial(postgres.ping, pool),
+        companions=(relay,) if relay else (),
+    )
 
 
 def worker_process(settings: Settings) -> WorkerProcess:

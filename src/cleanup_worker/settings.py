@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=65_536, ge=256, le=10_485_760)
     max_future_skew_s: float = Field(default=300.0, ge=0)
 
+    revocations_topic: str | None = Field(default=None, min_length=1)
+    revocation_event_type: str = Field(default="api_key.revoked", min_length=1)
+    revocation_event_source: str = Field(default="/cleanup-worker", min_length=1)
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=100, ge=0, le=60_000)
     batches_in_flight: int = Field(default=3, ge=1, le=16)
@@ -92,6 +97,8 @@ class Settings(BaseSettings):
             raise ValueError("event_types_added and event_types_removed overlap")
         if self.dlq_topic in self.kafka_topics:
             raise ValueError("dlq_topic must not be one of kafka_topics")
+        if self.revocations_topic in (*self.kafka_topics, self.dlq_topic):
+            raise ValueError("revocations_topic must differ from kafka_topics and dlq_topic")
         sasl = self.kafka_security_protocol.startswith("SASL_")
         if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
             raise ValueError(
@@ -104,6 +111,11 @@ class Settings(BaseSettings):
         return EventTypes(
             added=frozenset(self.event_types_added), removed=frozenset(self.event_types_removed)
         )
+
+    @property
+    def announce_revocations(self) -> bool:
+        """Whether revocations are announced (DESIGN §4b): CLEANUP_REVOCATIONS_TOPIC is set."""
+        return self.revocations_topic is not None
 
     def require_kafka(self) -> str:
         """The bootstrap servers, for commands that talk to Kafka."""

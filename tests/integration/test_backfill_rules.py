@@ -172,7 +172,9 @@ async def test_membership_added_after_the_assessment_keeps_the_key(db: Any) -> N
     found = await candidates(db)
     assert found == [key]
     await member(db, "acct", "alice", since=at(0))
-    revoked = await keys.revoke_orphans(db, found, "backfill:x", MembershipSource.TABLE)
+    revoked = await keys.revoke_orphans(
+        db, found, "backfill:x", MembershipSource.TABLE, announce=False
+    )
     assert revoked == []
     assert await revoked_keys(db) == {}
 
@@ -187,7 +189,10 @@ async def test_key_revoked_meanwhile_keeps_member_removed(db: Any) -> None:
         "revoked_by = 'event:/accounts#9' WHERE id = $1",
         key,
     )
-    assert await keys.revoke_orphans(db, found, "backfill:x", MembershipSource.TABLE) == []
+    assert (
+        await keys.revoke_orphans(db, found, "backfill:x", MembershipSource.TABLE, announce=False)
+        == []
+    )
     assert (await revoked_keys(db))[key] == ("member_removed", "event:/accounts#9")
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
@@ -117,3 +117,14 @@ async def read_topic(settings: Settings, topic: str) -> list[Any]:
     finally:
         await consumer.stop()
     return records
+
+
+async def create_topic(settings: Settings, name: str, partitions: int = 3) -> str:
+    """A new topic on the test broker (the broker does not auto-create topics)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+    return name

@@ -44,6 +44,8 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CLEANUP_LOG_FORMAT": "json",
         "CLEANUP_RETRY_MAX_WAIT_S": "0.5",
     }
+    if settings.revocations_topic:
+        env["CLEANUP_REVOCATIONS_TOPIC"] = settings.revocations_topic
     env.update(extra)
     return env
 

@@ -65,7 +65,7 @@ def test_checked_in_schema_is_current() -> None:
 
 def test_checked_in_schema_is_the_command_output(capsys: pytest.CaptureFixture[str]) -> None:
     """The file is byte for byte what `python -m cleanup_worker.adapters.event_schema` prints."""
-    schema.main()
+    schema.main([])
     assert capsys.readouterr().out == SCHEMA_FILE.read_text(encoding="utf-8"), REGENERATE
 
 

@@ -30,7 +30,7 @@ from cleanup_worker.domain.values import (
 )
 from cleanup_worker.errors import MalformedEvent
 
-__all__ = ["Header", "event_json_schema", "parse_record"]
+__all__ = ["Header", "event_json_schema", "parse_record", "public_json_schema"]
 
 Header = tuple[str, bytes | None]
 
@@ -297,7 +297,12 @@ class _PublicNames(GenerateJsonSchema):
         return super().normalize_name(name).lstrip("_")
 
 
+def public_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON Schema (2020-12) as producers and receivers read it."""
+    schema = model.model_json_schema(schema_generator=_PublicNames)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
 def event_json_schema() -> dict[str, Any]:
     """The JSON Schema (2020-12) of a structured-mode membership event, from the models."""
-    schema = _MembershipCloudEvent.model_json_schema(schema_generator=_PublicNames)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return public_json_schema(_MembershipCloudEvent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,14 @@ class Producer(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: Sequence[Header] | None = None,
+    ) -> asyncio.Future[Any]: ...  # resolves to RecordMetadata once the broker acknowledged
 
     async def send_and_wait(
         self,

@@ -1,4 +1,10 @@
-"""SQL that revokes API keys. Every revocation in the product goes through this module (R1, R5)."""
+"""SQL that revokes API keys. Every revocation in the product goes through this module (R1, R5).
+
+With notices on (CLEANUP_REVOCATIONS_TOPIC), each revoking statement also writes one
+`revocation_outbox` row per key it revoked, from its own RETURNING: the same statement, so
+the same transaction, and no statement per key (DESIGN §4b). Without, the statements are
+the plain ones: no outbox, no cost.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,35 @@ from cleanup_worker.domain.events import MembershipEvent
 REASON_MEMBER_REMOVED = "member_removed"
 REASON_ORPHANED = "orphaned"
 
+# One outbox row per key in `revoked` (which returns the key's columns and `event_time`).
+_ANNOUNCE = """, announced AS (
+    INSERT INTO revocation_outbox
+        (key_id, account_id, iam_id, reason, revoked_at, revoked_by, event_time)
+    SELECT id, account_id, iam_id, revocation_reason, revoked_at, revoked_by, event_time
+    FROM revoked
+)"""
+
+
+_ANNOUNCED_COLUMNS = (
+    "k.id, k.account_id, k.iam_id, k.revocation_reason, k.revoked_at, k.revoked_by, "
+    "{event_time} AS event_time"
+)
+
+
+def _with_and_without_notices(statement: str, *, plain: str, event_time: str) -> dict[bool, str]:
+    """The statement keyed by "announce?": `{returning}` is what `revoked` returns (`plain`
+    without notices), `{announce}` where the outbox CTE goes."""
+    announced = _ANNOUNCED_COLUMNS.format(event_time=event_time)
+    return {
+        False: statement.format(returning=plain, announce=""),
+        True: statement.format(returning=announced, announce=_ANNOUNCE),
+    }
+
+
 # R1 as one statement for a whole batch. `revoked_at IS NULL` keeps R4: a revoked key is
 # never touched again, so its first reason and revoker stay.
-_REVOKE_FOR_REMOVALS = """
+_REVOKE_FOR_REMOVALS = _with_and_without_notices(
+    """
 WITH removal AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
         AS r(account_id, iam_id, removed_at, revoked_by)
@@ -26,18 +58,24 @@ WITH removal AS (
       AND k.iam_id = removal.iam_id
       AND k.created_at <= removal.removed_at
       AND k.revoked_at IS NULL
-    RETURNING 1
-)
+    RETURNING {returning}
+){announce}
 SELECT count(*) FROM revoked
-"""
+""",
+    plain="1",
+    event_time="removal.removed_at",
+)
 
 
-async def revoke_for_removals(conn: Connection, removals: Sequence[MembershipEvent]) -> int:
-    """R1: revokes the live keys each removal covers; at most one removal per member."""
+async def revoke_for_removals(
+    conn: Connection, removals: Sequence[MembershipEvent], *, announce: bool
+) -> int:
+    """R1: revokes the live keys each removal covers; at most one removal per member.
+    `announce`: also write their notices to the outbox."""
     if not removals:
         return 0
     count: int = await conn.fetchval(
-        _REVOKE_FOR_REMOVALS,
+        _REVOKE_FOR_REMOVALS[announce],
         [event.account_id for event in removals],
         [event.iam_id for event in removals],
         [event.time for event in removals],
@@ -83,29 +121,39 @@ WITH revoked AS (
     WHERE k.id = ANY($1::uuid[])
       AND k.revoked_at IS NULL
       AND {verdict} IS NOT NULL
-    RETURNING k.id
-)
-SELECT coalesce(array_agg(id), '{{}}') FROM revoked
+    RETURNING {{returning}}
+){{announce}}
+SELECT coalesce(array_agg(id), '{{{{}}}}') FROM revoked
 """
 
 _REVOKE_ORPHANS_SQL = {
-    source: _REVOKE_ORPHANS.format(
-        verdict=_VERDICT.format(reason=ORPHAN_REASON_SQL, memberships=source.value)
+    source: _with_and_without_notices(
+        _REVOKE_ORPHANS.format(
+            verdict=_VERDICT.format(reason=ORPHAN_REASON_SQL, memberships=source.value)
+        ),
+        plain="k.id",
+        event_time="k.revoked_at",
     )
     for source in MembershipSource
 }
 
 
 async def revoke_orphans(
-    conn: Connection, key_ids: Sequence[UUID], revoked_by: str, memberships: MembershipSource
+    conn: Connection,
+    key_ids: Sequence[UUID],
+    revoked_by: str,
+    memberships: MembershipSource,
+    *,
+    announce: bool,
 ) -> list[UUID]:
     """R5: revokes those of `key_ids` that are orphaned now; returns the ids it revoked.
 
     Keys that a membership keeps, or that are already revoked, are left as they are.
+    `announce`: also write their notices to the outbox.
     """
     if not key_ids:
         return []
     revoked: list[UUID] = await conn.fetchval(
-        _REVOKE_ORPHANS_SQL[memberships], list(key_ids), revoked_by, REASON_ORPHANED
+        _REVOKE_ORPHANS_SQL[memberships][announce], list(key_ids), revoked_by, REASON_ORPHANED
     )
     return revoked

@@ -77,3 +77,30 @@ BACKFILL_SCANNED = Counter(
 BACKFILL_REVOKED = Counter(
     "cleanup_backfill_keys_revoked", "Keys the backfill revoked.", registry=REGISTRY
 )
+NOTICES_PUBLISHED = Counter(
+    "cleanup_notices_published",
+    "Revocation notices the broker acknowledged (at least once per revoked key).",
+    registry=REGISTRY,
+)
+NOTICE_LAG = Histogram(
+    "cleanup_notice_lag_seconds",
+    "From the removal's CloudEvent time (the revocation time when no event asked for it) "
+    "to the broker's acknowledgement of the key's revocation notice.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+OUTBOX_BACKLOG = Gauge(
+    "cleanup_outbox_backlog",
+    "Revocation notices waiting in the outbox (all replicas' rows).",
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "cleanup_outbox_oldest_age_seconds",
+    "Age of the oldest notice waiting in the outbox (0 when empty).",
+    registry=REGISTRY,
+)
+RELAY_UP = Gauge(
+    "cleanup_relay_up",
+    "1 while the notice relay's last attempt succeeded, 0 while it retries.",
+    registry=REGISTRY,
+)

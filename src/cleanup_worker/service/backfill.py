@@ -64,6 +64,7 @@ class Backfill:
         self, settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
     ) -> None:
         self.settings = settings
+        self._announce = settings.announce_revocations
         self.request = request
         self.reporter: Reporter = reporter or QuietReporter()
         self._stop = asyncio.Event()
@@ -238,7 +239,9 @@ class Backfill:
             with attempt:
                 began = time.perf_counter()
                 async with conn.transaction():
-                    revoked_ids = await keys.revoke_orphans(conn, list(batch), revoked_by, source)
+                    revoked_ids = await keys.revoke_orphans(
+                        conn, list(batch), revoked_by, source, announce=self._announce
+                    )
                     revoked = Counter(batch[key] for key in revoked_ids)
                     await backfill_runs.record_batch(
                         conn, summary.run_id, last, len(batch), revoked

@@ -29,9 +29,10 @@ class Applied:
 
 
 async def apply_events(
-    conn: Connection, events: Sequence[MembershipEvent], *, reprocess: bool
+    conn: Connection, events: Sequence[MembershipEvent], *, reprocess: bool, announce: bool
 ) -> Applied:
-    """Runs inside the caller's transaction. `events` hold no repeated identity."""
+    """Runs inside the caller's transaction. `events` hold no repeated identity. `announce`:
+    write a revocation notice to the outbox for each key revoked (DESIGN §4b)."""
     members = sorted({event.member for event in events})
     await memberships.prefer_index_lookups(conn)
     # First the member locks, so that every later statement sees whatever another replica
@@ -41,7 +42,7 @@ async def apply_events(
     recorded = await memberships.record_events(conn, events)
     fresh = list(events) if reprocess else [e for e in events if e.identity in recorded.new]
     removals = latest_removals(e for e in fresh if e.change is Change.REMOVED)
-    revoked = await keys.revoke_for_removals(conn, list(removals.values()))
+    revoked = await keys.revoke_for_removals(conn, list(removals.values()), announce=announce)
     rows = await _derive_rows(conn, fresh, captured, recorded.had_history, reprocess=reprocess)
     changed = await memberships.write_memberships(conn, rows)
     return Applied(fresh, revoked, changed)

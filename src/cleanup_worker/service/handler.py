@@ -101,6 +101,8 @@ class BatchHandler:
         pool: Pool,
         *,
         classify: RecordClassifier,
+        announce: bool = False,
+        on_revoked: Callable[[], None] | None = None,
         dead_letters: DeadLetterSink | None,
         retry_max_wait_s: float,
         on_db_trouble: Callable[[], None] | None = None,
@@ -108,6 +110,8 @@ class BatchHandler:
     ) -> None:
         self._pool = pool
         self._classify = classify
+        self._announce = announce
+        self._on_revoked = on_revoked
         self._types = classify.types
         self._dead_letters = dead_letters
         self._retry_max_wait_s = retry_max_wait_s
@@ -246,13 +250,17 @@ class BatchHandler:
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    applied = await apply_events(conn, events, reprocess=reprocess)
+                    applied = await apply_events(
+                        conn, events, reprocess=reprocess, announce=self._announce
+                    )
                     if dry_run:
                         raise _DryRunRollback
             except _DryRunRollback:
                 pass
             else:
                 _observe_revocation_lag(applied.fresh)
+                if applied.keys_revoked and self._on_revoked:
+                    self._on_revoked()  # their notices wait in the outbox: wake the relay
         outcome = BatchOutcome(
             applied=len(applied.fresh),
             duplicates=repeated + len(events) - len(applied.fresh),

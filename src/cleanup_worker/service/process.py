@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
+from typing import Protocol
 
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability.health import Health
@@ -19,12 +20,22 @@ log = get_logger(__name__)
 Ping = Callable[[], Awaitable[bool]]
 
 
+class Companion(Protocol):
+    """A loop that runs beside the consumer for as long as it runs (the notice relay)."""
+
+    async def run(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Consuming:
-    """What the composition root hands the process: the worker and how to ask the database."""
+    """What the composition root hands the process: the worker, how to ask the database, and
+    the loops that run beside the worker."""
 
     worker: Worker
     ping_database: Ping
+    companions: tuple[Companion, ...] = ()
 
 
 # Builds (and connects) the consumer, registering what must be closed on `stack`; it may wait
@@ -55,6 +66,7 @@ class WorkerProcess:
         self._shutdown_grace_s = shutdown_grace_s
         self._ping_database: Ping | None = None
         self._stop = asyncio.Event()
+        self._companion_failure: BaseException | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -67,10 +79,27 @@ class WorkerProcess:
         self.worker = consuming.worker
         stack.push_async_callback(self.worker.stop, 5.0)
         await self.worker.start()
+        companions = [asyncio.create_task(c.run()) for c in consuming.companions]
+        for task in companions:
+            task.add_done_callback(self._companion_done)
         self.started.set()
         if self._stop.is_set():
             self.worker.request_stop()
-        await self.worker.run()
+        try:
+            await self.worker.run()
+        finally:
+            await _stop_companions(consuming.companions, companions)
+        if self._companion_failure is not None:
+            raise self._companion_failure
+
+    def _companion_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None or self._companion_failure:
+            return
+        # A companion only ends early on a bug: stop consuming too (drained, so nothing is
+        # lost) and exit non-zero, so that the orchestrator restarts the pod.
+        self._companion_failure = task.exception()
+        log.error("companion.crashed", error=type(self._companion_failure).__name__)
+        self.request_stop()
 
     async def serve(self) -> None:
         async with AsyncExitStack() as stack:
@@ -108,6 +137,21 @@ class WorkerProcess:
 
     async def _ping(self) -> bool:
         return self._ping_database is not None and await self._ping_database()
+
+
+async def _stop_companions(
+    companions: tuple[Companion, ...], tasks: list[asyncio.Task[None]], timeout_s: float = 5.0
+) -> None:
+    """Asks the companions to stop and gives them a moment; what they leave is safe (the
+    outbox keeps unpublished notices for the next relay)."""
+    for companion in companions:
+        companion.request_stop()
+    if not tasks:
+        return
+    _, late = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run_until_signalled(process: WorkerProcess) -> None:

@@ -1,0 +1,78 @@
+"""The revocation notice (DESIGN §4b): a structured CloudEvent per revoked key, its Kafka
+record, and its JSON Schema for receivers (docs/revocation-notice-schema.json).
+
+Never the key hash: a notice names the key by its id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cleanup_worker.adapters.cloudevents import Header, public_json_schema
+from cleanup_worker.adapters.outbox import OutboxRow
+
+CONTENT_TYPE = "application/cloudevents+json"
+
+
+class RevocationData(BaseModel):
+    """The revoked key and why."""
+
+    model_config = ConfigDict(frozen=True, title="RevocationData")
+
+    key_id: UUID = Field(description="api_keys.id of the revoked key.")
+    account_id: str = Field(description="The account the key belongs to.")
+    iam_id: str = Field(description="The user who created the key.")
+    reason: str = Field(description="'member_removed' (R1) or 'orphaned' (R5, R6).")
+    revoked_at: datetime = Field(description="api_keys.revoked_at: when it was revoked.")
+    revoked_by: str = Field(description="'event:<source>#<id>' or 'backfill:<run id>'.")
+
+
+class RevocationNotice(BaseModel):
+    """`api_key.revoked`: one API key stopped working. Deduplicate by `id`: a key is revoked
+    once (R4), so its notice id never changes, however often it is delivered."""
+
+    model_config = ConfigDict(frozen=True, title="RevocationNotice")
+
+    specversion: str = Field(default="1.0", description="CloudEvents version: always 1.0.")
+    id: str = Field(description="'revoked:<key id>': the same for every delivery of a key.")
+    source: str = Field(description="CLEANUP_REVOCATION_EVENT_SOURCE (default /cleanup-worker).")
+    type: str = Field(description="CLEANUP_REVOCATION_EVENT_TYPE (default api_key.revoked).")
+    time: datetime = Field(description="When the key was revoked (RFC 3339).")
+    subject: str = Field(description="The key id.")
+    datacontenttype: str = Field(default="application/json")
+    data: RevocationData
+
+
+def notice(row: OutboxRow, *, event_type: str, source: str) -> RevocationNotice:
+    """The notice announcing the revocation an outbox row records."""
+    return RevocationNotice(
+        id=f"revoked:{row.key_id}",
+        source=source,
+        type=event_type,
+        time=row.revoked_at,
+        subject=str(row.key_id),
+        data=RevocationData(
+            key_id=row.key_id,
+            account_id=row.account_id,
+            iam_id=row.iam_id,
+            reason=row.reason,
+            revoked_at=row.revoked_at,
+            revoked_by=row.revoked_by,
+        ),
+    )
+
+
+def record(row: OutboxRow, *, event_type: str, source: str) -> tuple[bytes, bytes, list[Header]]:
+    """Kafka key (`<account_id>/<iam_id>`), value and headers of a row's notice."""
+    value = notice(row, event_type=event_type, source=source).model_dump_json().encode()
+    key = f"{row.account_id}/{row.iam_id}".encode()
+    return key, value, [("content-type", CONTENT_TYPE.encode())]
+
+
+def notice_json_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a notice, from the model."""
+    return public_json_schema(RevocationNotice)

@@ -1,0 +1,137 @@
+"""The notice relay (DESIGN §4b): publishes the outbox's revocation notices and deletes each
+row only once the broker acknowledged its notice.
+
+A batch of rows is claimed (FOR UPDATE SKIP LOCKED, so replicas share the outbox), published
+with the idempotent producer, and deleted, in one transaction: a crash or an outage anywhere
+in between leaves the rows for the next attempt, so a notice is delivered at least once and
+never lost; it is never sent for a revocation that rolled back, because such a revocation
+wrote no row. The relay runs beside the consumer and never holds it back: readiness stays
+about consuming, and the relay's own health is `cleanup_relay_up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import suppress
+
+from aiokafka.errors import KafkaError
+
+from cleanup_worker.adapters import notices, outbox
+from cleanup_worker.adapters.kafka import Producer
+from cleanup_worker.adapters.postgres import Pool
+from cleanup_worker.adapters.sqlstate import is_transient
+from cleanup_worker.logging import get_logger
+from cleanup_worker.observability import metrics
+from cleanup_worker.retries import retrying
+
+log = get_logger(__name__)
+
+
+def _worth_retrying(exc: Exception) -> bool:
+    return isinstance(exc, KafkaError | TimeoutError) or is_transient(exc)
+
+
+class NoticeRelay:
+    """Publishes the outbox until asked to stop. `wake()` after a commit that revoked keys
+    makes it look at once; otherwise it looks every `poll_s` (rows of other replicas, of the
+    backfill, or left by a crash)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        producer: Producer,
+        *,
+        topic: str,
+        event_type: str,
+        source: str,
+        batch_size: int,
+        retry_max_wait_s: float,
+        poll_s: float = 0.5,
+        publish_timeout_s: float = 30.0,
+        backlog_every_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._topic = topic
+        self._event_type = event_type
+        self._source = source
+        self._batch_size = batch_size
+        self._retry_max_wait_s = retry_max_wait_s
+        self._poll_s = poll_s
+        self._publish_timeout_s = publish_timeout_s
+        self._backlog_every_s = backlog_every_s
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Publishes until asked to stop; what is left waits in the outbox for the next relay."""
+        measuring = asyncio.create_task(self._measure_backlog())
+        try:
+            while not self._stopping.is_set():
+                if await self._publish_retrying() < self._batch_size:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                    self._wake.clear()
+        finally:
+            measuring.cancel()
+            with suppress(asyncio.CancelledError):
+                await measuring
+
+    async def _publish_retrying(self) -> int:
+        async for attempt in retrying(
+            "kafka.notices.publish", on=_worth_retrying, wait_max=self._retry_max_wait_s
+        ):
+            with attempt:
+                if self._stopping.is_set():
+                    return 0
+                try:
+                    published = await self.publish_batch()
+                except Exception:
+                    metrics.RELAY_UP.set(0)
+                    raise
+                metrics.RELAY_UP.set(1)
+        return published
+
+    async def publish_batch(self) -> int:
+        """Claims, publishes and deletes one batch of rows; returns how many."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await outbox.claim(conn, self._batch_size)
+            if not rows:
+                return 0
+            pending = []
+            for row in rows:
+                key, value, headers = notices.record(
+                    row, event_type=self._event_type, source=self._source
+                )
+                pending.append(
+                    await self._producer.send(self._topic, value=value, key=key, headers=headers)
+                )
+            # Bounded: a broker that does not answer must not hold the rows (and their
+            # locks) for ever; they go back to the outbox and are tried again.
+            async with asyncio.timeout(self._publish_timeout_s):
+                await asyncio.gather(*pending)
+            acknowledged = time.time()
+            await outbox.delete(conn, [row.id for row in rows])
+        self.published += len(rows)
+        metrics.NOTICES_PUBLISHED.inc(len(rows))
+        for row in rows:
+            metrics.NOTICE_LAG.observe(max(0.0, acknowledged - row.event_time.timestamp()))
+        return len(rows)
+
+    async def _measure_backlog(self) -> None:
+        while True:
+            with suppress(Exception):  # a gauge that cannot be read now is read next time
+                found = await outbox.backlog(self._pool)
+                metrics.OUTBOX_BACKLOG.set(found.rows)
+                age = 0.0 if found.oldest is None else time.time() - found.oldest.timestamp()
+                metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))
+            await asyncio.sleep(self._backlog_every_s)

@@ -1,0 +1,210 @@
+"""Revocation notices (DESIGN §4b) through the real broker and database: every revoked key is
+announced (the set of notice ids is the set of revoked keys), a rolled-back revocation
+announces nothing, and a SIGKILL at any point loses no notice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from cleanup_worker.settings import Settings
+from tests.support.database import revoked_keys, seed_key
+from tests.support.events import at, event
+from tests.support.kafka import create_topic, publisher, read_topic
+from tests.support.processes import cli, running_worker, spawn_worker
+from tests.support.waiting import eventually
+
+USERS = [f"u{i}" for i in range(12)]
+
+
+@pytest.fixture
+def notices_settings(settings: Settings) -> Settings:
+    """The test's settings with notices on, to a topic named for the test (created by it)."""
+    return settings.model_copy(
+        update={"revocations_topic": f"test-notices-{uuid.uuid4().hex[:12]}"}
+    )
+
+
+async def outbox_size(db: Any) -> int:
+    count: int = await db.fetchval("SELECT count(*) FROM revocation_outbox")
+    return count
+
+
+async def notice_ids(settings: Settings) -> list[str]:
+    """The ids of every notice on the revocations topic, repeats included."""
+    assert settings.revocations_topic is not None
+    return [
+        json.loads(r.value)["id"] for r in await read_topic(settings, settings.revocations_topic)
+    ]
+
+
+async def seed_story(db: Any) -> None:
+    """Two keys for each user, and one created after the removals (which stays live)."""
+    for user in USERS:
+        await seed_key(db, "acct", user, at(0))
+        await seed_key(db, "acct", user, at(1))
+        await seed_key(db, "acct", user, at(60))
+
+
+def removals() -> list[Any]:
+    return [event("removed", "acct", user, at(10)) for user in USERS]
+
+
+async def announced_all(db: Any, settings: Settings) -> bool:
+    revoked = await revoked_keys(db)
+    ids = set(await notice_ids(settings))
+    return bool(revoked) and await outbox_size(db) == 0 and ids == {f"revoked:{k}" for k in revoked}
+
+
+async def test_every_revoked_key_is_announced_as_the_contract_says(
+    notices_settings: Settings, db: Any
+) -> None:
+    """R1 revocations: one notice id per revoked key, each the §4b CloudEvent of its row."""
+    settings = notices_settings
+    assert settings.revocations_topic is not None
+    await create_topic(settings, settings.revocations_topic)
+    await seed_story(db)
+    async with running_worker(settings), publisher(settings) as pub:
+        await pub.events(removals())
+        await eventually(lambda: announced_all(db, settings))
+    revoked = await db.fetch(
+        "SELECT id, account_id, iam_id, revoked_at, revoked_by FROM api_keys "
+        "WHERE revoked_at IS NOT NULL"
+    )
+    assert len(revoked) == 2 * len(USERS)
+    records = await read_topic(settings, settings.revocations_topic)
+    by_id = {json.loads(r.value)["id"]: r for r in records}
+    for row in revoked:
+        record = by_id[f"revoked:{row['id']}"]
+        body = json.loads(record.value)
+        assert record.key == f"{row['account_id']}/{row['iam_id']}".encode()
+        assert dict(record.headers)["content-type"] == b"application/cloudevents+json"
+        assert (body["type"], body["source"], body["subject"]) == (
+            "api_key.revoked",
+            "/cleanup-worker",
+            str(row["id"]),
+        )
+        assert body["data"]["reason"] == "member_removed"
+        assert body["data"]["revoked_by"] == row["revoked_by"]
+        assert body["data"]["key_id"] == str(row["id"])
+        assert "sha256" not in record.value.decode()
+
+
+async def test_backfill_revocations_are_announced(notices_settings: Settings, db: Any) -> None:
+    """R5: the backfill writes the notices of its revocations; the running worker sends them."""
+    settings = notices_settings
+    assert settings.revocations_topic is not None
+    await create_topic(settings, settings.revocations_topic)
+    await db.execute(
+        "INSERT INTO account_memberships (account_id, iam_id, state, member_since, changed_at) "
+        "VALUES ('acct', 'stays', 'active', NULL, $1)",
+        at(0),
+    )
+    await seed_key(db, "acct", "stays", at(0))
+    orphans = [await seed_key(db, "acct", f"gone{i}", at(0)) for i in range(5)]
+    code, _, err = await cli(settings, "backfill", "--execute", "--max-fraction", "1", "--json")
+    assert code == 0, err
+    assert await outbox_size(db) == len(orphans)
+    async with running_worker(settings):
+        await eventually(lambda: announced_all(db, settings))
+    assert set(await revoked_keys(db)) == set(orphans)
+
+
+async def test_rolled_back_revocation_announces_nothing(
+    notices_settings: Settings, db: Any
+) -> None:
+    """A dry-run replay revokes in a transaction it rolls back: no outbox row, no notice."""
+    settings = notices_settings
+    await seed_story(db)
+    async with publisher(settings) as pub:
+        await pub.events(removals())
+    code, out, err = await cli(settings, "replay", "--from", "earliest", "--json")
+    assert code == 0, err
+    assert json.loads(out)["keys_revoked"] == 2 * len(USERS)
+    assert await revoked_keys(db) == {}
+    assert await outbox_size(db) == 0
+
+
+async def test_sigkill_before_publishing_loses_no_notice(
+    notices_settings: Settings, db: Any
+) -> None:
+    """The revocations commit while the notices cannot be published (their topic does not
+    exist yet); the worker is SIGKILLed; a new worker announces them all."""
+    settings = notices_settings
+    assert settings.revocations_topic is not None
+    await seed_story(db)
+    worker = await spawn_worker(settings)
+    try:
+        async with publisher(settings) as pub:
+            await pub.events(removals())
+
+        async def revoked_not_announced() -> bool:
+            return len(await revoked_keys(db)) == 2 * len(USERS) and await outbox_size(db) > 0
+
+        await eventually(revoked_not_announced, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+    await create_topic(settings, settings.revocations_topic)
+    async with running_worker(settings):
+        await eventually(lambda: announced_all(db, settings), timeout=60)
+
+
+_SLOW_DELETE = """
+CREATE FUNCTION slow_outbox_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(3); RETURN OLD; END $$;
+CREATE TRIGGER slow_outbox_delete BEFORE DELETE ON revocation_outbox
+FOR EACH ROW EXECUTE FUNCTION slow_outbox_delete();
+"""
+
+
+async def test_sigkill_after_publishing_before_deleting_loses_no_notice(
+    notices_settings: Settings, db: Any
+) -> None:
+    """The notices are on the topic but their rows not yet deleted when the worker is
+    SIGKILLed: the rows stay, and the next worker announces them again (at least once)."""
+    settings = notices_settings
+    assert settings.revocations_topic is not None
+    await create_topic(settings, settings.revocations_topic)
+    await db.execute(_SLOW_DELETE)
+    await seed_story(db)
+    worker = await spawn_worker(settings)
+    try:
+        async with publisher(settings) as pub:
+            await pub.events(removals())
+
+        async def published_not_deleted() -> bool:
+            return bool(await notice_ids(settings)) and await outbox_size(db) > 0
+
+        await eventually(published_not_deleted, timeout=60, interval=0.05)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+    await db.execute("DROP TRIGGER slow_outbox_delete ON revocation_outbox")
+    async with running_worker(settings):
+        await eventually(lambda: announced_all(db, settings), timeout=60)
+    ids = await notice_ids(settings)
+    assert len(ids) > len(set(ids)), "the interrupted batch was announced twice"
+
+
+async def test_two_replicas_share_the_outbox_without_repeats(
+    notices_settings: Settings, db: Any
+) -> None:
+    """Two workers relay the same outbox: every key announced, none twice."""
+    settings = notices_settings
+    assert settings.revocations_topic is not None
+    await create_topic(settings, settings.revocations_topic)
+    await seed_story(db)
+    async with running_worker(settings), running_worker(settings), publisher(settings) as pub:
+        for user in USERS:
+            await pub.events([event("removed", "acct", user, at(10))])
+            await asyncio.sleep(0.02)
+        await eventually(lambda: announced_all(db, settings), timeout=60)
+    ids = Counter(await notice_ids(settings))
+    assert set(ids.values()) == {1}
