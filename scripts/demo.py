@@ -72,10 +72,36 @@ async def keys_table(db: Any, title: str) -> Table:
     return table
 
 
+async def notices_table(bootstrap: str, topic: str, expected: int, db: Any) -> Table:
+    """The revocation notices on `topic` (what gateways and caches hear), one per key."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    partitions = [TopicPartition(topic, p) for p in range(3)]
+    consumer.assign(partitions)
+    notices: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 30
+    while len(notices) < expected and time.monotonic() < deadline:
+        for records in (await consumer.getmany(timeout_ms=500)).values():
+            for record in records:
+                body = json.loads(record.value)
+                notices[body["id"]] = body
+    await consumer.stop()
+    names = {str(r["id"]): r["name"] for r in await db.fetch("SELECT id, name FROM api_keys")}
+    table = Table(title=f"Revocation notices on {topic} (api_key.revoked CloudEvents)")
+    for column in ("notice id", "key", "reason", "revoked by"):
+        table.add_column(column)
+    for notice_id, body in sorted(notices.items()):
+        data = body["data"]
+        key = names.get(data["key_id"], data["key_id"])
+        table.add_row(notice_id[:20] + "…", key, data["reason"], data["revoked_by"])
+    return table
+
+
 async def main() -> int:
     env = dev_env()
     run = uuid.uuid4().hex[:8]
     topic, dlq = f"demo.account-membership.{run}", f"demo.account-membership.{run}.dlq"
+    notices_topic = f"demo.api-key-revocations.{run}"
     bootstrap = env["CLEANUP_KAFKA_BOOTSTRAP_SERVERS"]
     admin_url = env["CLEANUP_DATABASE_URL"]
     database_url = urlunsplit(urlsplit(admin_url)._replace(path="/cleanup_demo"))
@@ -87,9 +113,14 @@ async def main() -> int:
     await admin_db.close()
     kafka_admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await kafka_admin.start()
-    await kafka_admin.create_topics([NewTopic(topic, 3, 1), NewTopic(dlq, 1, 1)])
+    await kafka_admin.create_topics(
+        [NewTopic(topic, 3, 1), NewTopic(dlq, 1, 1), NewTopic(notices_topic, 3, 1)]
+    )
     await kafka_admin.close()
-    console.print(f"database [cyan]cleanup_demo[/], topics [cyan]{topic}[/] and its DLQ")
+    console.print(
+        f"database [cyan]cleanup_demo[/], topics [cyan]{topic}[/], its DLQ, and the "
+        f"revocation notices [cyan]{notices_topic}[/]"
+    )
 
     worker_env = {
         **os.environ,
@@ -97,6 +128,7 @@ async def main() -> int:
         "CLEANUP_DATABASE_URL": database_url,
         "CLEANUP_KAFKA_TOPICS": topic,
         "CLEANUP_DLQ_TOPIC": dlq,
+        "CLEANUP_REVOCATIONS_TOPIC": notices_topic,
         "CLEANUP_KAFKA_GROUP_ID": f"demo-{run}",
         "CLEANUP_HTTP_PORT": "0",
         "CLEANUP_LOG_FORMAT": "json",
@@ -180,6 +212,8 @@ async def main() -> int:
     )
     console.print("  bob creates a new key after being added back")
     console.print(await keys_table(db, "Keys after"))
+    revoked = await db.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL")
+    console.print(await notices_table(bootstrap, notices_topic, revoked, db))
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
