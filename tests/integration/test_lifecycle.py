@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,11 +12,12 @@ import pytest
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.services import ROOT, Services
+from tests.services import Services
 from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher
 from tests.support.metrics import scrape
+from tests.support.outages import restart_dev_service
 from tests.support.processes import running_worker, spawn_worker
 from tests.support.waiting import eventually
 
@@ -116,32 +114,6 @@ async def test_sigkill_mid_stream_then_restart_ends_right(settings: Settings, db
     assert await committed_offsets(settings) == await end_offsets(settings)
 
 
-async def _restart_postgres(services: Services, pause_s: float) -> None:
-    """Stops the dev PostgreSQL (fast shutdown), waits, and starts it again."""
-    await _restart_dev_service(services, "postgres", signal.SIGINT, pause_s)
-
-
-async def _restart_dev_service(
-    services: Services, name: str, stop_signal: signal.Signals, pause_s: float
-) -> None:
-    """Stops one of the dev services by its pid file, waits, and brings it back with `up`."""
-    assert services.origin == "dev-services", f"restarting {name} needs the dev services"
-    pid = int((ROOT / ".dev" / f"{name}.pid").read_text().strip())
-    os.kill(pid, stop_signal)
-    async with asyncio.timeout(60):
-        while await asyncio.to_thread(Path(f"/proc/{pid}").exists):
-            await asyncio.sleep(0.1)
-    await asyncio.sleep(pause_s)
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [str(ROOT / "scripts" / "dev-services"), "up"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=False,
-    )
-    assert result.returncode == 0
-
-
 async def _http_status(port: int, path: str) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
@@ -173,7 +145,7 @@ async def test_postgres_restart_mid_stream_loses_nothing(
         await eventually(ready)
         publishing = asyncio.create_task(_publish(settings, events))
         await asyncio.sleep(0.5)
-        restart = asyncio.create_task(_restart_postgres(services, pause_s=3))
+        restart = asyncio.create_task(restart_dev_service(services, "postgres", pause_s=3))
 
         async def not_ready() -> bool:
             return await _http_status(port, "/readyz") == 503
@@ -212,9 +184,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
             return await ledger_size(db) == STREAM // 2
 
         await eventually(first_half, timeout=60)
-        restart = asyncio.create_task(
-            _restart_dev_service(services, "kafka", signal.SIGTERM, pause_s=3)
-        )
+        restart = asyncio.create_task(restart_dev_service(services, "kafka", pause_s=3))
 
         async def not_ready() -> bool:
             return await _http_status(port, "/readyz") == 503

@@ -7,20 +7,25 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 import uuid
 from collections import Counter
 from typing import Any
 
+import asyncpg
 import pytest
 
 from cleanup_worker.settings import Settings
+from tests.services import Services
 from tests.support.database import revoked_keys, seed_key
 from tests.support.events import at, event
 from tests.support.kafka import create_topic, publisher, read_topic
+from tests.support.outages import start_dev_services, stop_dev_service
 from tests.support.processes import cli, running_worker, spawn_worker
 from tests.support.waiting import eventually
 
 USERS = [f"u{i}" for i in range(12)]
+OUTAGE_S = 20
 
 
 @pytest.fixture
@@ -208,3 +213,61 @@ async def test_two_replicas_share_the_outbox_without_repeats(
         await eventually(lambda: announced_all(db, settings), timeout=60)
     ids = Counter(await notice_ids(settings))
     assert set(ids.values()) == {1}
+
+
+@pytest.mark.timeout(240)
+async def test_broker_outage_then_every_notice_arrives(
+    notices_settings: Settings, services: Services, db: Any
+) -> None:
+    """Revocations committed while the broker is away for 20 s (a backfill needs no broker)
+    are announced once it is back, without a restart of the worker."""
+    settings = notices_settings
+    assert settings.revocations_topic is not None
+    await create_topic(settings, settings.revocations_topic)
+    orphans = [await seed_key(db, "acct", f"gone{i}", at(0)) for i in range(8)]
+    async with running_worker(settings):
+        began = time.monotonic()
+        await stop_dev_service(services, "kafka")
+        code, _, err = await cli(settings, "backfill", "--execute", "--max-fraction", "1", "--json")
+        assert code == 0, err
+        assert await outbox_size(db) == len(orphans)
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - began)))
+        await start_dev_services()
+        await eventually(lambda: announced_all(db, settings), timeout=120)
+
+
+@pytest.mark.timeout(240)
+async def test_database_outage_then_every_notice_arrives(
+    notices_settings: Settings, services: Services, database_url: str
+) -> None:
+    """Removals that arrive while PostgreSQL is away for 20 s are applied and announced once
+    it is back, and those announced before stay announced once."""
+    settings = notices_settings
+    assert settings.revocations_topic is not None
+    await create_topic(settings, settings.revocations_topic)
+    db = await asyncpg.connect(database_url)
+    await seed_story(db)
+    await db.close()
+    first, second = removals()[: len(USERS) // 2], removals()[len(USERS) // 2 :]
+    async with running_worker(settings), publisher(settings) as pub:
+        await pub.events(first)
+        db = await asyncpg.connect(database_url)
+        try:
+            await eventually(lambda: announced_all(db, settings))
+        finally:
+            await db.close()
+        await stop_dev_service(services, "postgres")
+        await pub.events(second)
+        await asyncio.sleep(OUTAGE_S)
+        await start_dev_services()
+        db = await asyncpg.connect(database_url)
+        try:
+
+            async def everything() -> bool:
+                return len(await revoked_keys(db)) == 2 * len(USERS) and await announced_all(
+                    db, settings
+                )
+
+            await eventually(everything, timeout=120)
+        finally:
+            await db.close()

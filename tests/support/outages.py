@@ -1,0 +1,43 @@
+"""Outages of the real services: a dev service stopped for a while and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.services import ROOT, Services
+
+# PostgreSQL stops at once on SIGINT (fast shutdown); the broker shuts down cleanly on SIGTERM.
+_STOP_SIGNALS = {"postgres": signal.SIGINT, "kafka": signal.SIGTERM}
+
+
+async def stop_dev_service(services: Services, name: str) -> None:
+    """Stops one of the dev services by its pid file and waits until it is gone."""
+    assert services.origin == "dev-services", f"stopping {name} needs the dev services"
+    pid = int((ROOT / ".dev" / f"{name}.pid").read_text().strip())
+    os.kill(pid, _STOP_SIGNALS[name])
+    async with asyncio.timeout(60):
+        while await asyncio.to_thread(Path(f"/proc/{pid}").exists):
+            await asyncio.sleep(0.1)
+
+
+async def start_dev_services() -> None:
+    """`scripts/dev-services up`: brings back whatever is down, and waits until it answers."""
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(ROOT / "scripts" / "dev-services"), "up"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0
+
+
+async def restart_dev_service(services: Services, name: str, pause_s: float) -> None:
+    """Stops one of the dev services, waits `pause_s`, and brings it back."""
+    await stop_dev_service(services, name)
+    await asyncio.sleep(pause_s)
+    await start_dev_services()
