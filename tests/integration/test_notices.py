@@ -224,6 +224,11 @@ async def test_broker_outage_then_every_notice_arrives(
     settings = notices_settings
     assert settings.revocations_topic is not None
     await create_topic(settings, settings.revocations_topic)
+    await db.execute(
+        "INSERT INTO account_memberships (account_id, iam_id, state, member_since, changed_at) "
+        "VALUES ('acct', 'stays', 'active', NULL, $1)",
+        at(0),
+    )
     orphans = [await seed_key(db, "acct", f"gone{i}", at(0)) for i in range(8)]
     async with running_worker(settings):
         began = time.monotonic()
