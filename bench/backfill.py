@@ -121,6 +121,7 @@ async def seed(url: str, keys: int) -> None:
 async def settle(conn: Any) -> None:
     """The same starting point for every measurement: orphans live, no dead rows, clean pages."""
     await conn.execute(_RESTORE)
+    await conn.execute("TRUNCATE revocation_outbox")
     await conn.execute("VACUUM ANALYZE api_keys")
     await conn.execute("CHECKPOINT")
 
@@ -136,13 +137,16 @@ async def set_based(url: str) -> tuple[int, float]:
         await conn.close()
 
 
+NOTICES: dict[str, str] = {}  # --notices: CLEANUP_REVOCATIONS_TOPIC for the backfill
+
+
 async def run_backfill(url: str, batch_size: int | None) -> tuple[dict[str, Any], float, int]:
     conn = await asyncpg.connect(url)
     try:
         await settle(conn)
     finally:
         await conn.close()
-    env = {**os.environ, "CLEANUP_DATABASE_URL": url, "CLEANUP_LOG_FORMAT": "json"}
+    env = {**os.environ, "CLEANUP_DATABASE_URL": url, "CLEANUP_LOG_FORMAT": "json", **NOTICES}
     args = ["--execute", "--json", "--max-fraction", "0.2"]
     if batch_size:
         args += ["--batch-size", str(batch_size)]
@@ -296,4 +300,12 @@ if __name__ == "__main__":
     parser.add_argument("--also", type=int, action="append", default=[], metavar="KEYS")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--notices",
+        action="store_true",
+        help="with CLEANUP_REVOCATIONS_TOPIC set: the backfill also writes the outbox",
+    )
+    parsed = parser.parse_args()
+    if parsed.notices:
+        NOTICES["CLEANUP_REVOCATIONS_TOPIC"] = "bench-revocations"
+    asyncio.run(main(parsed))
