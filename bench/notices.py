@@ -30,6 +30,7 @@ from bench.consumer import (
     Worker,
     free_port,
     percentile,
+    print_targets,
     publish,
     removal,
     reset,
@@ -183,8 +184,6 @@ async def main(args: argparse.Namespace) -> None:
     n50, n99 = percentile(notice, 0.50), percentile(notice, 0.99)
     r99 = percentile(revocation, 0.99)
     within = notice[0.25] / notice[float("inf")]
-    print()
-    print("DESIGN §7 target                                  measured                 verdict")
     rows = [
         ("throughput with notices >= 80% of without", f"{ratio:.0%} ({on:,.0f} vs {off:,.0f}/s)",
          ratio >= 0.8),
@@ -192,8 +191,7 @@ async def main(args: argparse.Namespace) -> None:
          f"p50 {n50 * 1000:.0f} ms, p99 {n99 * 1000:.0f} ms ({within:.1%} <= 250 ms)",
          within >= 0.99),
     ]  # fmt: skip
-    for target, measured, ok in rows:
-        print(f"{target:<50}{measured:<25}{'ok' if ok else 'MISSED'}")
+    print_targets(rows)
     print(f"(revocation lag p99 in the same steady run: {r99 * 1000:.0f} ms)")
     print(f"(keys announced per second at full speed: {median(announced):,.0f})")
 

@@ -36,6 +36,14 @@ def notices_settings(settings: Settings) -> Settings:
     )
 
 
+@pytest.fixture
+async def announcing(notices_settings: Settings) -> Settings:
+    """Notices on, their topic created."""
+    assert notices_settings.revocations_topic is not None
+    await create_topic(notices_settings, notices_settings.revocations_topic)
+    return notices_settings
+
+
 async def outbox_size(db: Any) -> int:
     count: int = await db.fetchval("SELECT count(*) FROM revocation_outbox")
     return count
@@ -68,12 +76,10 @@ async def announced_all(db: Any, settings: Settings) -> bool:
 
 
 async def test_every_revoked_key_is_announced_as_the_contract_says(
-    notices_settings: Settings, db: Any
+    announcing: Settings, db: Any
 ) -> None:
     """R1 revocations: one notice id per revoked key, each the §4b CloudEvent of its row."""
-    settings = notices_settings
-    assert settings.revocations_topic is not None
-    await create_topic(settings, settings.revocations_topic)
+    settings = announcing
     await seed_story(db)
     async with running_worker(settings), publisher(settings) as pub:
         await pub.events(removals())
@@ -83,6 +89,7 @@ async def test_every_revoked_key_is_announced_as_the_contract_says(
         "WHERE revoked_at IS NOT NULL"
     )
     assert len(revoked) == 2 * len(USERS)
+    assert settings.revocations_topic is not None
     records = await read_topic(settings, settings.revocations_topic)
     by_id = {json.loads(r.value)["id"]: r for r in records}
     for row in revoked:
@@ -101,11 +108,9 @@ async def test_every_revoked_key_is_announced_as_the_contract_says(
         assert "sha256" not in record.value.decode()
 
 
-async def test_backfill_revocations_are_announced(notices_settings: Settings, db: Any) -> None:
+async def test_backfill_revocations_are_announced(announcing: Settings, db: Any) -> None:
     """R5: the backfill writes the notices of its revocations; the running worker sends them."""
-    settings = notices_settings
-    assert settings.revocations_topic is not None
-    await create_topic(settings, settings.revocations_topic)
+    settings = announcing
     await db.execute(
         "INSERT INTO account_memberships (account_id, iam_id, state, member_since, changed_at) "
         "VALUES ('acct', 'stays', 'active', NULL, $1)",
@@ -170,13 +175,11 @@ FOR EACH ROW EXECUTE FUNCTION slow_outbox_delete();
 
 
 async def test_sigkill_after_publishing_before_deleting_loses_no_notice(
-    notices_settings: Settings, db: Any
+    announcing: Settings, db: Any
 ) -> None:
     """The notices are on the topic but their rows not yet deleted when the worker is
     SIGKILLed: the rows stay, and the next worker announces them again (at least once)."""
-    settings = notices_settings
-    assert settings.revocations_topic is not None
-    await create_topic(settings, settings.revocations_topic)
+    settings = announcing
     await db.execute(_SLOW_DELETE)
     await seed_story(db)
     worker = await spawn_worker(settings)
@@ -198,13 +201,9 @@ async def test_sigkill_after_publishing_before_deleting_loses_no_notice(
     assert len(ids) > len(set(ids)), "the interrupted batch was announced twice"
 
 
-async def test_two_replicas_share_the_outbox_without_repeats(
-    notices_settings: Settings, db: Any
-) -> None:
+async def test_two_replicas_share_the_outbox_without_repeats(announcing: Settings, db: Any) -> None:
     """Two workers relay the same outbox: every key announced, none twice."""
-    settings = notices_settings
-    assert settings.revocations_topic is not None
-    await create_topic(settings, settings.revocations_topic)
+    settings = announcing
     await seed_story(db)
     async with running_worker(settings), running_worker(settings), publisher(settings) as pub:
         for user in USERS:
@@ -217,13 +216,11 @@ async def test_two_replicas_share_the_outbox_without_repeats(
 
 @pytest.mark.timeout(240)
 async def test_broker_outage_then_every_notice_arrives(
-    notices_settings: Settings, services: Services, db: Any
+    announcing: Settings, services: Services, db: Any
 ) -> None:
     """Revocations committed while the broker is away for 20 s (a backfill needs no broker)
     are announced once it is back, without a restart of the worker."""
-    settings = notices_settings
-    assert settings.revocations_topic is not None
-    await create_topic(settings, settings.revocations_topic)
+    settings = announcing
     await db.execute(
         "INSERT INTO account_memberships (account_id, iam_id, state, member_since, changed_at) "
         "VALUES ('acct', 'stays', 'active', NULL, $1)",
@@ -243,13 +240,11 @@ async def test_broker_outage_then_every_notice_arrives(
 
 @pytest.mark.timeout(240)
 async def test_database_outage_then_every_notice_arrives(
-    notices_settings: Settings, services: Services, database_url: str
+    announcing: Settings, services: Services, database_url: str
 ) -> None:
     """Removals that arrive while PostgreSQL is away for 20 s are applied and announced once
     it is back, and those announced before stay announced once."""
-    settings = notices_settings
-    assert settings.revocations_topic is not None
-    await create_topic(settings, settings.revocations_topic)
+    settings = announcing
     db = await asyncpg.connect(database_url)
     await seed_story(db)
     await db.close()
