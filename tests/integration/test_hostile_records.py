@@ -1,0 +1,296 @@
+"""Thousands of hostile records, mixed with valid events, through the real broker into a running
+`cleanup-worker run` process (issue 10, item 4).
+
+Seeded: each run prints its seed (it is also in the test id). Reproduce one with
+`CLEANUP_FUZZ_SEED=<seed> CLEANUP_FUZZ_RUNS=1`; `CLEANUP_FUZZ_RECORDS` sets the records a run
+(default 2000), `CLEANUP_FUZZ_RUNS` the runs (default 3, seeds SEED, SEED+1, ...). `make fuzz`
+runs it longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client.parser import text_string_to_metric_families
+
+from cleanup_worker import __version__
+from cleanup_worker.adapters import dlq
+from cleanup_worker.domain.events import MembershipEvent
+from cleanup_worker.settings import Settings
+from tests.integration.hostile import CANARY, MEMBERS, T0, Shot
+from tests.integration.hostile_mix import broker_sized, mix
+from tests.oracle import KeyFact, expected_state
+from tests.support.database import database_state, seed_key
+from tests.support.kafka import committed_offsets, end_offsets, read_topic, send_null_record
+from tests.support.processes import spawn_worker
+from tests.support.waiting import eventually
+
+SEED_ENV, RECORDS_ENV, RUNS_ENV = "CLEANUP_FUZZ_SEED", "CLEANUP_FUZZ_RECORDS", "CLEANUP_FUZZ_RUNS"
+RECORDS = int(os.environ.get(RECORDS_ENV, "2000"))
+RUNS = int(os.environ.get(RUNS_ENV, "3"))
+BASE_SEED = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
+# A dead letter carries the original record and repeats its key in a header; it is dropped
+# to fit the producer's 1 MiB request limit (adapters/dlq.py: first the value, then the key)
+# only when that sum comes within ~48 KiB of it. Every smaller record must arrive whole.
+FORWARDED_WHOLE_UP_TO = 1_000_000
+# (key bytes, value bytes) around the broker's message.max.bytes (1 MiB by default): whole;
+# without the value (with a key and without); without the key copy; without the key; and the
+# last refused by the broker itself, so that it never counts as sent.
+BROKER_SIZED = [(None, 1_040_000), (None, 1_048_200), (3, 1_048_200), (600_000, 1),
+                (1_048_400, 0), (None, 1_200_000)]  # fmt: skip
+Place = tuple[int, int]  # (partition, offset)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        raw = (await reader.read()).decode()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def _watch(worker: asyncio.subprocess.Process, port: int, problems: list[str]) -> None:
+    """Until cancelled: the same process stays alive and /livez answers 200."""
+    while True:
+        if worker.returncode is not None:
+            problems.append(f"worker exited with {worker.returncode}")
+            return
+        try:
+            status, body = await asyncio.wait_for(_get(port, "/livez"), 5)
+        except (OSError, TimeoutError) as exc:
+            problems.append(f"/livez unreachable: {exc!r}")
+        else:
+            if status != 200:
+                problems.append(f"/livez {status}: {body.strip()}")
+        await asyncio.sleep(0.25)
+
+
+async def _produce(settings: Settings, shots: list[Shot], rng: random.Random) -> dict[Place, Shot]:
+    """Sends every shot to a random partition; returns those the broker acknowledged."""
+    topic = settings.kafka_topics[0]
+    common = {"bootstrap_servers": settings.kafka_bootstrap_servers, "acks": "all"}
+    producer = AIOKafkaProducer(**common, enable_idempotence=True)
+    # Records near the broker's limit go alone through a producer whose own limit is higher,
+    # so that the broker, not the client, decides; a refusal there fails only that record.
+    large = AIOKafkaProducer(**common, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    await large.start()
+    sent: dict[Place, Shot] = {}
+    refused: list[str] = []
+    try:
+
+        async def one(shot: Shot, partition: int, client: AIOKafkaProducer) -> None:
+            try:
+                if shot.key is None and shot.value is None:
+                    meta = await send_null_record(large, topic, partition, shot.headers)
+                else:
+                    meta = await client.send_and_wait(
+                        topic, shot.value, shot.key, partition, headers=shot.headers
+                    )
+            except KafkaError as exc:
+                refused.append(f"{shot.kind} ({type(exc).__name__})")
+                return
+            sent[(meta.partition, meta.offset)] = shot
+
+        await asyncio.gather(
+            *(one(s, rng.randrange(3), producer if _fits_whole(s) else large) for s in shots)
+        )
+    finally:
+        await large.stop()
+        await producer.stop()
+    print(f"the broker refused {len(refused)}: {', '.join(refused)}")
+    return sent
+
+
+async def _seed_keys(db: Any, rng: random.Random) -> list[KeyFact]:
+    facts = []
+    for account, iam in MEMBERS:
+        for _ in range(rng.randrange(1, 4)):
+            created = T0 + timedelta(minutes=rng.randrange(-10, 130))
+            key_id = await seed_key(db, account, iam, created)
+            facts.append(KeyFact(str(key_id), account, iam, created, revoked=False))
+    return facts
+
+
+async def _events_total(port: int) -> Counter[str]:
+    """cleanup_events_total from /metrics, summed by outcome."""
+    status, body = await _get(port, "/metrics")
+    assert status == 200
+    totals: Counter[str] = Counter()
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "cleanup_events_total":
+                totals[sample.labels["outcome"]] += int(sample.value)
+    return totals
+
+
+def _expected_outcomes(sent: dict[Place, Shot]) -> Counter[str]:
+    events = [s.event for s in sent.values() if s.event is not None]
+    unique = {(e.source, e.id) for e in events}
+    kinds = Counter(s.expect for s in sent.values())
+    return Counter(
+        applied=len(unique),
+        duplicate=len(events) - len(unique),
+        ignored=kinds["ignored"],
+        dead_lettered=kinds["malformed"],
+    )
+
+
+def _original_place(letter: Any) -> Place:
+    provenance = dlq.decode_provenance(dict(letter.headers))
+    return int(provenance[dlq.H_PARTITION]), int(provenance[dlq.H_OFFSET])
+
+
+def _fits_whole(shot: Shot) -> bool:
+    return shot.size + len(shot.key or b"") <= FORWARDED_WHOLE_UP_TO
+
+
+def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings) -> bool:
+    """Provenance that tells the truth, and the original record, byte for byte (less what
+    adapters/dlq.py drops, with its size, from a record too large to forward whole); says
+    whether anything was dropped."""
+    headers = [(name, value) for name, value in letter.headers]
+    provenance = {name: value for name, value in headers if name in dlq.PROVENANCE_HEADERS}
+    key_size = provenance.pop(dlq.H_KEY_DROPPED, None)
+    value_size = provenance.pop(dlq.H_VALUE_DROPPED, None)
+    copied = dlq.H_KEY in provenance
+    reduced = key_size is not None or value_size is not None or copied != (shot.key is not None)
+    if _fits_whole(shot):
+        assert not reduced, f"{shot.kind} was not forwarded whole"
+    if key_size is None:
+        assert letter.key == shot.key
+    else:
+        assert (letter.key, key_size) == (None, str(len(shot.key or b"")).encode())
+    if copied:
+        assert provenance[dlq.H_KEY] == shot.key
+    if value_size is None:
+        # A record with neither key nor value is the one a Kafka client cannot write back.
+        nothing = shot.key is None and shot.value is None
+        assert letter.value == (b"" if nothing else shot.value), shot.kind
+        own = [(name, value) for name, value in shot.headers if name not in dlq.PROVENANCE_HEADERS]
+        assert headers[: len(own)] == own, shot.kind
+        assert len(headers) == len(own) + len(provenance)
+    else:
+        assert (letter.value, value_size) == (b"", str(len(shot.value or b"")).encode())
+    text = dlq.decode_provenance(provenance)
+    assert text[dlq.H_TOPIC] == settings.kafka_topics[0]
+    assert (int(text[dlq.H_PARTITION]), int(text[dlq.H_OFFSET])) == place
+    assert text[dlq.H_GROUP] == settings.kafka_group_id
+    assert text[dlq.H_ERROR_CLASS] == "MalformedEvent"
+    assert text[dlq.H_ERROR_MESSAGE]
+    assert CANARY not in text[dlq.H_ERROR_MESSAGE]
+    assert text[dlq.H_VERSION] == __version__
+    assert int(text[dlq.H_TIMESTAMP]) > 0
+    assert int(text[dlq.H_FAILED_AT]) > 0
+    return reduced
+
+
+@pytest.mark.timeout(150 + RECORDS // 20)
+@pytest.mark.parametrize("seed", [BASE_SEED + run for run in range(RUNS)], ids="seed={}".format)
+async def test_hostile_records_leave_the_worker_running_and_every_record_accounted_for(
+    settings: Settings, db: Any, seed: int
+) -> None:
+    """A running worker fed valid events mixed with hostile records stays up and live, ends
+    each record exactly once (applied, duplicate, ignored or dead-lettered with its original
+    bytes and true provenance), and the valid events' effects equal the oracle's."""
+    print(f"hostile records: seed {seed}; reproduce: {SEED_ENV}={seed} {RUNS_ENV}=1 "
+          f"{RECORDS_ENV}={RECORDS}")  # fmt: skip
+    rng = random.Random(seed)
+    _, shots = mix(rng, RECORDS, settings.max_event_bytes)
+    for key_bytes, value_bytes in BROKER_SIZED:
+        shots.insert(rng.randrange(len(shots) + 1), broker_sized(key_bytes, value_bytes))
+    facts = await _seed_keys(db, rng)
+    port = _free_port()
+    worker = await spawn_worker(settings, CLEANUP_HTTP_PORT=str(port))
+    assert worker.stderr is not None
+    logs = asyncio.create_task(worker.stderr.read())  # drained, or the worker would block
+    problems: list[str] = []
+    try:
+
+        async def ready() -> bool:
+            assert worker.returncode is None, "the worker exited while starting"
+            try:
+                return (await _get(port, "/readyz"))[0] == 200
+            except OSError:
+                return False
+
+        await eventually(ready, timeout=60)
+        watch = asyncio.create_task(_watch(worker, port, problems))
+        sent = await _produce(settings, shots, rng)
+        ends = await end_offsets(settings)
+        assert sum(ends.values()) == len(sent), "the topic holds records we did not send"
+
+        async def all_committed() -> bool:
+            return worker.returncode is not None or await committed_offsets(settings) == ends
+
+        await eventually(all_committed, timeout=60 + RECORDS / 20, interval=0.5)
+        outcomes = await _events_total(port)
+        watch.cancel()
+        assert worker.returncode is None
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(worker.wait(), settings.shutdown_grace_s + 5)
+        stderr = (await logs).decode("utf-8", "replace")
+        if worker.returncode != 0:
+            print(f"worker exited with {worker.returncode}; its last logs:\n{stderr[-5000:]}")
+    assert problems == [], problems[:5]
+    assert worker.returncode == 0, stderr[-3000:]
+    assert CANARY not in stderr, "a payload reached the logs"
+    print(f"sent {len(sent)} of {len(shots)} records; outcomes {dict(outcomes)}; "
+          f"kinds {sorted(Counter(s.kind for s in sent.values()).items())}")  # fmt: skip
+
+    assert outcomes == _expected_outcomes(sent)
+    assert sum(outcomes.values()) == len(sent)
+
+    malformed = {place: shot for place, shot in sent.items() if shot.expect == "malformed"}
+    letters = await read_topic(settings, settings.dlq_topic)
+    places = [_original_place(letter) for letter in letters]
+    assert len(places) == len(set(places)), "a record was dead-lettered twice"
+    assert set(places) == set(malformed)
+    dropped = [
+        _check_dead_letter(lt, p, malformed[p], settings)
+        for lt, p in zip(letters, places, strict=True)
+    ]
+    print(f"{len(letters)} dead letters, {sum(dropped)} reduced to fit (too large)")
+
+    events: dict[tuple[str, str], MembershipEvent] = {}
+    origins: dict[tuple[str, str], set[Place]] = {}
+    for place, shot in sent.items():
+        if shot.event is not None:
+            identity = (shot.event.source, shot.event.id)
+            events[identity] = shot.event
+            origins.setdefault(identity, set()).add(place)
+    ledger = await db.fetch(
+        "SELECT source, event_id, kafka_partition, kafka_offset FROM membership_events"
+    )
+    assert {(r["source"], r["event_id"]) for r in ledger} == set(events)
+    for r in ledger:
+        assert (r["kafka_partition"], r["kafka_offset"]) in origins[(r["source"], r["event_id"])]
+
+    expected_rows, expected_revoked = expected_state({}, facts, events.values())
+    keys, rows = await database_state(db)
+    assert {str(key_id) for key_id, revoked, _ in keys if revoked} == expected_revoked
+    assert rows == expected_rows
