@@ -96,10 +96,13 @@ class Parts:
         pairs = [*self.attrs.items(), *self.extra]
         rng.shuffle(pairs)
         value = _obj([*pairs, ("data", _obj(list(self.data.items())))])
+        # Without ce_ headers a JSON object with specversion is structured, whatever the
+        # content-type says (DESIGN §3: the Python SDK 1.x writes its datacontenttype).
         ctype = rng.choice(
-            [b"application/cloudevents+json", b"application/cloudevents+json; charset=UTF-8"]
-        )
-        return value.encode(), [("content-type", ctype)]
+            [b"application/cloudevents+json", b"application/cloudevents+json; charset=UTF-8",
+             b"application/json", b"text/plain", None]
+        )  # fmt: skip
+        return value.encode(), [] if ctype is None else [("content-type", ctype)]
 
     def binary(self, rng: random.Random) -> tuple[bytes, Headers]:
         headers: Headers = []
