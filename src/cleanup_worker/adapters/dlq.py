@@ -72,7 +72,7 @@ def decode_provenance(headers: Mapping[str, bytes | None]) -> dict[str, str]:
 Letter = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]
 
 
-def _letters(record: Record, group: str, failure: Failure) -> list[tuple[str, Letter]]:
+def letter_forms(record: Record, group: str, failure: Failure) -> list[tuple[str, Letter]]:
     """The dead letter, then ever smaller forms of it (each with what it drops) for when it
     exceeds Kafka's size limit: the provenance made it so, or the topics' limits differ.
 
@@ -131,7 +131,7 @@ class DeadLetterPublisher:
                 )
 
     async def publish(self, record: Record, failure: Failure) -> None:
-        for dropped, (key, value, headers) in _letters(record, self._group, failure):
+        for dropped, (key, value, headers) in letter_forms(record, self._group, failure):
             if dropped:
                 log.error(
                     "dlq.value_dropped" if "value" in dropped else "dlq.key_copy_dropped",
