@@ -13,15 +13,14 @@ import asyncio
 import os
 import random
 import signal
-import socket
 from collections import Counter
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client.parser import text_string_to_metric_families
 
 from cleanup_worker import __version__
 from cleanup_worker.adapters import dlq
@@ -32,7 +31,8 @@ from tests.integration.hostile_mix import broker_sized, mix
 from tests.oracle import KeyFact, expected_state
 from tests.support.database import database_state, seed_key
 from tests.support.kafka import committed_offsets, end_offsets, read_topic, send_null_record
-from tests.support.processes import spawn_worker
+from tests.support.metrics import scrape
+from tests.support.processes import free_port, http_get, spawn_worker
 from tests.support.waiting import eventually
 
 SEED_ENV, RECORDS_ENV, RUNS_ENV = "CLEANUP_FUZZ_SEED", "CLEANUP_FUZZ_RECORDS", "CLEANUP_FUZZ_RUNS"
@@ -48,27 +48,9 @@ FORWARDED_WHOLE_UP_TO = 1_000_000
 # last refused by the broker itself, so that it never counts as sent.
 BROKER_SIZED = [(None, 1_040_000), (None, 1_048_200), (3, 1_048_200), (600_000, 1),
                 (1_048_400, 0), (None, 1_200_000)]  # fmt: skip
+# Producers may compress their batches: every codec Kafka has, and none.
+CODECS = [None, "gzip", "snappy", "lz4", "zstd"]
 Place = tuple[int, int]  # (partition, offset)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def _get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        await writer.drain()
-        raw = (await reader.read()).decode()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = raw.partition("\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 async def _watch(worker: asyncio.subprocess.Process, port: int, problems: list[str]) -> None:
@@ -78,7 +60,7 @@ async def _watch(worker: asyncio.subprocess.Process, port: int, problems: list[s
             problems.append(f"worker exited with {worker.returncode}")
             return
         try:
-            status, body = await asyncio.wait_for(_get(port, "/livez"), 5)
+            status, body = await asyncio.wait_for(http_get(port, "/livez"), 5)
         except (OSError, TimeoutError) as exc:
             problems.append(f"/livez unreachable: {exc!r}")
         else:
@@ -88,18 +70,23 @@ async def _watch(worker: asyncio.subprocess.Process, port: int, problems: list[s
 
 
 async def _produce(settings: Settings, shots: list[Shot], rng: random.Random) -> dict[Place, Shot]:
-    """Sends every shot to a random partition; returns those the broker acknowledged."""
+    """Sends every shot to a random partition, batches compressed by a random codec (or not);
+    returns those the broker acknowledged."""
     topic = settings.kafka_topics[0]
     common = {"bootstrap_servers": settings.kafka_bootstrap_servers, "acks": "all"}
-    producer = AIOKafkaProducer(**common, enable_idempotence=True)
+    producers = [
+        AIOKafkaProducer(**common, enable_idempotence=True, compression_type=codec)
+        for codec in CODECS
+    ]
     # Records near the broker's limit go alone through a producer whose own limit is higher,
     # so that the broker, not the client, decides; a refusal there fails only that record.
     large = AIOKafkaProducer(**common, max_request_size=4 * 1024 * 1024)
-    await producer.start()
-    await large.start()
     sent: dict[Place, Shot] = {}
     refused: list[str] = []
-    try:
+    async with AsyncExitStack() as stack:
+        for client in [*producers, large]:
+            await client.start()
+            stack.push_async_callback(client.stop)
 
         async def one(shot: Shot, partition: int, client: AIOKafkaProducer) -> None:
             try:
@@ -115,11 +102,11 @@ async def _produce(settings: Settings, shots: list[Shot], rng: random.Random) ->
             sent[(meta.partition, meta.offset)] = shot
 
         await asyncio.gather(
-            *(one(s, rng.randrange(3), producer if _fits_whole(s) else large) for s in shots)
+            *(
+                one(s, rng.randrange(3), rng.choice(producers) if _fits_whole(s) else large)
+                for s in shots
+            )
         )
-    finally:
-        await large.stop()
-        await producer.stop()
     print(f"the broker refused {len(refused)}: {', '.join(refused)}")
     return sent
 
@@ -136,13 +123,10 @@ async def _seed_keys(db: Any, rng: random.Random) -> list[KeyFact]:
 
 async def _events_total(port: int) -> Counter[str]:
     """cleanup_events_total from /metrics, summed by outcome."""
-    status, body = await _get(port, "/metrics")
-    assert status == 200
     totals: Counter[str] = Counter()
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == "cleanup_events_total":
-                totals[sample.labels["outcome"]] += int(sample.value)
+    for (name, labels), value in (await scrape(port)).samples.items():
+        if name == "cleanup_events_total":
+            totals[dict(labels)["outcome"]] += int(value)
     return totals
 
 
@@ -222,7 +206,7 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
     for key_bytes, value_bytes in BROKER_SIZED:
         shots.insert(rng.randrange(len(shots) + 1), broker_sized(key_bytes, value_bytes))
     facts = await _seed_keys(db, rng)
-    port = _free_port()
+    port = free_port()
     worker = await spawn_worker(settings, CLEANUP_HTTP_PORT=str(port))
     assert worker.stderr is not None
     logs = asyncio.create_task(worker.stderr.read())  # drained, or the worker would block
@@ -232,7 +216,7 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
         async def ready() -> bool:
             assert worker.returncode is None, "the worker exited while starting"
             try:
-                return (await _get(port, "/readyz"))[0] == 200
+                return (await http_get(port, "/readyz"))[0] == 200
             except OSError:
                 return False
 
