@@ -14,13 +14,10 @@ import os
 import random
 import signal
 from collections import Counter
-from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from cleanup_worker import __version__
 from cleanup_worker.adapters import dlq
@@ -28,9 +25,10 @@ from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
 from tests.integration.hostile import CANARY, MEMBERS, T0, Shot
 from tests.integration.hostile_mix import broker_sized, mix
+from tests.integration.hostile_producers import Place, fits_whole, produce
 from tests.oracle import KeyFact, expected_state
 from tests.support.database import database_state, seed_key
-from tests.support.kafka import committed_offsets, end_offsets, read_topic, send_null_record
+from tests.support.kafka import committed_offsets, end_offsets, read_topic
 from tests.support.metrics import scrape
 from tests.support.processes import free_port, http_get, spawn_worker
 from tests.support.waiting import eventually
@@ -39,18 +37,11 @@ SEED_ENV, RECORDS_ENV, RUNS_ENV = "CLEANUP_FUZZ_SEED", "CLEANUP_FUZZ_RECORDS", "
 RECORDS = int(os.environ.get(RECORDS_ENV, "2000"))
 RUNS = int(os.environ.get(RUNS_ENV, "3"))
 BASE_SEED = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
-# A dead letter carries the original record and repeats its key in a header; it is dropped
-# to fit the producer's 1 MiB request limit (adapters/dlq.py: first the value, then the key)
-# only when that sum comes within ~48 KiB of it. Every smaller record must arrive whole.
-FORWARDED_WHOLE_UP_TO = 1_000_000
 # (key bytes, value bytes) around the broker's message.max.bytes (1 MiB by default): whole;
 # without the value (with a key and without); without the key copy; without the key; and the
 # last refused by the broker itself, so that it never counts as sent.
 BROKER_SIZED = [(None, 1_040_000), (None, 1_048_200), (3, 1_048_200), (600_000, 1),
                 (1_048_400, 0), (None, 1_200_000)]  # fmt: skip
-# Producers may compress their batches: every codec Kafka has, and none.
-CODECS = [None, "gzip", "snappy", "lz4", "zstd"]
-Place = tuple[int, int]  # (partition, offset)
 
 
 async def _watch(worker: asyncio.subprocess.Process, port: int, problems: list[str]) -> None:
@@ -67,48 +58,6 @@ async def _watch(worker: asyncio.subprocess.Process, port: int, problems: list[s
             if status != 200:
                 problems.append(f"/livez {status}: {body.strip()}")
         await asyncio.sleep(0.25)
-
-
-async def _produce(settings: Settings, shots: list[Shot], rng: random.Random) -> dict[Place, Shot]:
-    """Sends every shot to a random partition, batches compressed by a random codec (or not);
-    returns those the broker acknowledged."""
-    topic = settings.kafka_topics[0]
-    common = {"bootstrap_servers": settings.kafka_bootstrap_servers, "acks": "all"}
-    producers = [
-        AIOKafkaProducer(**common, enable_idempotence=True, compression_type=codec)
-        for codec in CODECS
-    ]
-    # Records near the broker's limit go alone through a producer whose own limit is higher,
-    # so that the broker, not the client, decides; a refusal there fails only that record.
-    large = AIOKafkaProducer(**common, max_request_size=4 * 1024 * 1024)
-    sent: dict[Place, Shot] = {}
-    refused: list[str] = []
-    async with AsyncExitStack() as stack:
-        for client in [*producers, large]:
-            await client.start()
-            stack.push_async_callback(client.stop)
-
-        async def one(shot: Shot, partition: int, client: AIOKafkaProducer) -> None:
-            try:
-                if shot.key is None and shot.value is None:
-                    meta = await send_null_record(large, topic, partition, shot.headers)
-                else:
-                    meta = await client.send_and_wait(
-                        topic, shot.value, shot.key, partition, headers=shot.headers
-                    )
-            except KafkaError as exc:
-                refused.append(f"{shot.kind} ({type(exc).__name__})")
-                return
-            sent[(meta.partition, meta.offset)] = shot
-
-        await asyncio.gather(
-            *(
-                one(s, rng.randrange(3), rng.choice(producers) if _fits_whole(s) else large)
-                for s in shots
-            )
-        )
-    print(f"the broker refused {len(refused)}: {', '.join(refused)}")
-    return sent
 
 
 async def _seed_keys(db: Any, rng: random.Random) -> list[KeyFact]:
@@ -147,10 +96,6 @@ def _original_place(letter: Any) -> Place:
     return int(provenance[dlq.H_PARTITION]), int(provenance[dlq.H_OFFSET])
 
 
-def _fits_whole(shot: Shot) -> bool:
-    return shot.size + len(shot.key or b"") <= FORWARDED_WHOLE_UP_TO
-
-
 def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings) -> bool:
     """Provenance that tells the truth, and the original record, byte for byte (less what
     adapters/dlq.py drops, with its size, from a record too large to forward whole); says
@@ -161,7 +106,7 @@ def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings
     value_size = provenance.pop(dlq.H_VALUE_DROPPED, None)
     copied = dlq.H_KEY in provenance
     reduced = key_size is not None or value_size is not None or copied != (shot.key is not None)
-    if _fits_whole(shot):
+    if fits_whole(shot):
         assert not reduced, f"{shot.kind} was not forwarded whole"
     if key_size is None:
         assert letter.key == shot.key
@@ -222,12 +167,15 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
 
         await eventually(ready, timeout=60)
         watch = asyncio.create_task(_watch(worker, port, problems))
-        sent = await _produce(settings, shots, rng)
-        ends = await end_offsets(settings)
-        assert sum(ends.values()) == len(sent), "the topic holds records we did not send"
+        produced = await produce(settings, shots, rng)
+        sent, ends = produced.sent, produced.last_offsets()
+        offsets = sum((await end_offsets(settings)).values())
+        records = len(sent) + len(produced.aborted) + produced.markers
+        assert offsets == records, "the topic holds records we did not send"
 
         async def all_committed() -> bool:
-            return worker.returncode is not None or await committed_offsets(settings) == ends
+            committed = await committed_offsets(settings)
+            return worker.returncode is not None or all(committed.get(p) == ends[p] for p in ends)
 
         await eventually(all_committed, timeout=60 + RECORDS / 20, interval=0.5)
         outcomes = await _events_total(port)
