@@ -48,9 +48,12 @@ def test_every_reduced_form_is_smaller_and_the_last_fits_whatever_the_record() -
 
 @pytest.mark.parametrize(("key", "value"), [(None, None), (b"k", None), (None, b""), (b"", None)])
 def test_no_form_has_neither_key_nor_value(key: bytes | None, value: bytes | None) -> None:
-    """A Kafka client cannot write a record with neither (aiokafka refuses it), and a value
-    that was dropped is empty rather than a tombstone."""
-    for dropped, (k, v, _) in dlq.letter_forms(_record(key, value), "g", FAILURE):
+    """A Kafka client cannot write a record with neither (aiokafka refuses it): a tombstone
+    without a key keeps its null value under an empty key, and a value that was dropped is
+    empty rather than a tombstone."""
+    forms = dlq.letter_forms(_record(key, value), "g", FAILURE)
+    for dropped, (k, v, _) in forms:
         assert not (k is None and v is None), dropped
         if "value" in dropped:
             assert v == b""
+    assert forms[0][1][1] == value

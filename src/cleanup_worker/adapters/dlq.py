@@ -86,12 +86,13 @@ def letter_forms(record: Record, group: str, failure: Failure) -> list[tuple[str
     value_size = (H_VALUE_DROPPED, b"%d" % len(record.value or b""))
     key_size = (H_KEY_DROPPED, b"%d" % len(record.key or b""))
     # An empty value where the original is dropped: a null value is a tombstone (compaction
-    # would delete the key's earlier letters). A tombstone without a key keeps no value
-    # either, as aiokafka refuses a record with neither; its error message says what it was.
-    value = b"" if record.key is None and record.value is None else record.value
+    # would delete the key's earlier letters). A tombstone without a key gets an empty key,
+    # as aiokafka refuses a record with neither; dlq.original.key is then absent, as it is
+    # for every record without a key, and the letter still reads as the tombstone it was.
+    key = b"" if record.key is None and record.value is None else record.key
     return [
-        ("", (record.key, value, [*own, *provenance])),
-        ("key copy", (record.key, value, [*own, *no_copy])),
+        ("", (key, record.value, [*own, *provenance])),
+        ("key copy", (key, record.value, [*own, *no_copy])),
         ("value", (record.key, b"", [*provenance, value_size])),
         ("value, key copy", (record.key, b"", [*no_copy, value_size])),
         ("value, key", (None, b"", [*no_copy, value_size, key_size])),
