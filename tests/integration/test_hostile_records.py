@@ -10,6 +10,7 @@ runs it longer.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -30,7 +31,7 @@ from tests.oracle import KeyFact, expected_state
 from tests.support.database import database_state, seed_key
 from tests.support.kafka import committed_offsets, end_offsets, read_topic
 from tests.support.metrics import scrape
-from tests.support.processes import free_port, http_get, spawn_worker
+from tests.support.processes import cli, free_port, http_get, spawn_worker
 from tests.support.waiting import eventually
 
 SEED_ENV, RECORDS_ENV, RUNS_ENV = "CLEANUP_FUZZ_SEED", "CLEANUP_FUZZ_RECORDS", "CLEANUP_FUZZ_RUNS"
@@ -108,16 +109,17 @@ def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings
     reduced = key_size is not None or value_size is not None or copied != (shot.key is not None)
     if fits_whole(shot):
         assert not reduced, f"{shot.kind} was not forwarded whole"
+    # A record with neither key nor value is the one a Kafka client cannot write back: its
+    # letter has an empty key (adapters/dlq.py), and no dlq.original.key.
+    nothing = shot.key is None and shot.value is None
     if key_size is None:
-        assert letter.key == shot.key
+        assert letter.key == (b"" if nothing else shot.key)
     else:
         assert (letter.key, key_size) == (None, str(len(shot.key or b"")).encode())
     if copied:
         assert provenance[dlq.H_KEY] == shot.key
     if value_size is None:
-        # A record with neither key nor value is the one a Kafka client cannot write back.
-        nothing = shot.key is None and shot.value is None
-        assert letter.value == (b"" if nothing else shot.value), shot.kind
+        assert letter.value == shot.value, shot.kind
         own = [(name, value) for name, value in shot.headers if name not in dlq.PROVENANCE_HEADERS]
         assert headers[: len(own)] == own, shot.kind
         assert len(headers) == len(own) + len(provenance)
@@ -134,6 +136,28 @@ def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings
     assert int(text[dlq.H_TIMESTAMP]) > 0
     assert int(text[dlq.H_FAILED_AT]) > 0
     return reduced
+
+
+async def _check_dlq_commands(settings: Settings, malformed: dict[Place, Shot]) -> None:
+    """`dlq list` (JSON and text) and a `dlq redrive` dry run read every letter, none of which
+    parses now, and leave them all."""
+    code, out, err = await cli(settings, "dlq", "list", "--json")
+    assert code == 0, err[-2000:]
+    listing = json.loads(out)
+    assert (listing["dead_letters"], listing["parses_now"]) == (len(malformed), 0)
+    letters = listing["letters"]
+    assert {(d["original"]["partition"], d["original"]["offset"]) for d in letters} == set(
+        malformed
+    )
+    assert not [d for d in letters if CANARY in (d["error"]["message"] or "")]
+    code, out, err = await cli(settings, "dlq", "list")
+    assert code == 0, err[-2000:]
+    assert out.startswith(f"{len(malformed)} dead letter(s)")
+    code, out, err = await cli(settings, "dlq", "redrive", "--json")
+    assert code == 0, err[-2000:]
+    report = json.loads(out)
+    assert report["dead_letters"] == report["left"] == len(malformed)
+    assert report["redriven"] == 0
 
 
 @pytest.mark.timeout(150 + RECORDS // 20)
@@ -207,6 +231,8 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
         for lt, p in zip(letters, places, strict=True)
     ]
     print(f"{len(letters)} dead letters, {sum(dropped)} reduced to fit (too large)")
+
+    await _check_dlq_commands(settings, malformed)
 
     events: dict[tuple[str, str], MembershipEvent] = {}
     origins: dict[tuple[str, str], set[Place]] = {}
