@@ -18,7 +18,8 @@ from typing import Literal
 
 from cleanup_worker.domain.events import Change, MembershipEvent
 
-Expect = Literal["event", "ignored", "malformed"]
+# An event applies (or is a duplicate); "future": dated beyond the allowed clock skew.
+Expect = Literal["event", "ignored", "malformed", "future"]
 Headers = list[tuple[str, bytes | None]]
 Member = tuple[str, str]
 
@@ -119,8 +120,10 @@ class Parts:
 class History:
     """Random valid events over MEMBERS, rendered in either content mode."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, now: datetime, skew_s: float) -> None:
         self.rng = rng
+        self.now = now  # the worker's clock, near enough, for future-dated events
+        self.skew_s = skew_s
         self.sent: list[MembershipEvent] = []
 
     def new_event(self) -> MembershipEvent:

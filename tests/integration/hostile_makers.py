@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import UTC, datetime, timedelta
 
 from tests.integration.hostile import (
     CANARY,
@@ -269,7 +270,22 @@ def mixed_modes(h: History) -> Shot:
     return Shot("mixed-modes.binary", "malformed", value, headers)
 
 
+def future_dated(h: History) -> Shot:
+    """An event dated beyond the allowed clock skew, by an hour or to the year 9999: not
+    applied but dead-lettered to be redriven in time; or just within it: applied."""
+    rng = h.rng
+    skew = timedelta(seconds=h.skew_s)
+    if rng.random() < 0.3:
+        e = dataclasses.replace(h.new_event(), time=h.now + skew - timedelta(minutes=2))
+        h.sent.append(e)
+        return h.record(e, "future.within-skew")
+    # An hour beyond, so that it stays beyond however long a long run takes to get to it.
+    ahead = rng.choice([h.now + skew + timedelta(hours=1), datetime(9999, 12, 30, tzinfo=UTC)])
+    shot = h.record(dataclasses.replace(h.new_event(), time=ahead), "future.beyond-skew")
+    return dataclasses.replace(shot, expect="future", event=None)
+
+
 MAKERS: list[Maker] = [bad_bytes_in_text, escapes_in_text, literal_escape_in_header,
                        duplicate_header, absurd_headers, odd_headers_on_event, spoofed_provenance,
                        deep_nesting, not_a_string, bad_attribute, bad_json, empty_or_tombstone,
-                       ignored_type, mixed_modes]  # fmt: skip
+                       ignored_type, mixed_modes, future_dated]  # fmt: skip

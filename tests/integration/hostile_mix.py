@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from datetime import UTC, datetime
 
 from tests.integration.hostile import CANARY, History, Shot
 from tests.integration.hostile_makers import MAKERS, absurd_headers
@@ -55,9 +56,11 @@ def _key(rng: random.Random, shot: Shot) -> bytes | None:
     return b"acct-0/user-0"
 
 
-def mix(rng: random.Random, count: int, max_bytes: int) -> tuple[History, list[Shot]]:
+def mix(
+    rng: random.Random, count: int, max_bytes: int, skew_s: float
+) -> tuple[History, list[Shot]]:
     """`count` records: about half valid events (a fifth of them repeats), half hostile."""
-    h = History(rng)
+    h = History(rng, datetime.now(UTC), skew_s)
     shots: list[Shot] = []
     weights = [1.0] * len(MAKERS)
     weights[MAKERS.index(absurd_headers)] = 0.3  # heavy on the broker; a few are enough

@@ -38,6 +38,8 @@ SEED_ENV, RECORDS_ENV, RUNS_ENV = "CLEANUP_FUZZ_SEED", "CLEANUP_FUZZ_RECORDS", "
 RECORDS = int(os.environ.get(RECORDS_ENV, "2000"))
 RUNS = int(os.environ.get(RUNS_ENV, "3"))
 BASE_SEED = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
+# The error class of each kind of dead letter.
+CLASSES = {"malformed": "MalformedEvent", "future": "FutureDatedEvent"}
 # (key bytes, value bytes) around the broker's message.max.bytes (1 MiB by default): whole;
 # without the value (with a key and without); without the key copy; without the key; and the
 # last refused by the broker itself, so that it never counts as sent.
@@ -88,7 +90,7 @@ def _expected_outcomes(sent: dict[Place, Shot]) -> Counter[str]:
         applied=len(unique),
         duplicate=len(events) - len(unique),
         ignored=kinds["ignored"],
-        dead_lettered=kinds["malformed"],
+        dead_lettered=kinds["malformed"] + kinds["future"],
     )
 
 
@@ -129,7 +131,7 @@ def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings
     assert text[dlq.H_TOPIC] == settings.kafka_topics[0]
     assert (int(text[dlq.H_PARTITION]), int(text[dlq.H_OFFSET])) == place
     assert text[dlq.H_GROUP] == settings.kafka_group_id
-    assert text[dlq.H_ERROR_CLASS] == "MalformedEvent"
+    assert text[dlq.H_ERROR_CLASS] == CLASSES[shot.expect]
     assert text[dlq.H_ERROR_MESSAGE]
     assert CANARY not in text[dlq.H_ERROR_MESSAGE]
     assert text[dlq.H_VERSION] == __version__
@@ -138,25 +140,26 @@ def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings
     return reduced
 
 
-async def _check_dlq_commands(settings: Settings, malformed: dict[Place, Shot]) -> None:
-    """`dlq list` (JSON and text) and a `dlq redrive` dry run read every letter, none of which
-    parses now, and leave them all."""
+async def _check_dlq_commands(settings: Settings, dead: dict[Place, Shot]) -> None:
+    """`dlq list` (JSON and text) and a `dlq redrive` dry run read every letter: the
+    future-dated ones would apply once their time has come, the rest does not parse now; a
+    dry-run redrive leaves them all."""
     code, out, err = await cli(settings, "dlq", "list", "--json")
     assert code == 0, err[-2000:]
     listing = json.loads(out)
-    assert (listing["dead_letters"], listing["parses_now"]) == (len(malformed), 0)
-    letters = listing["letters"]
-    assert {(d["original"]["partition"], d["original"]["offset"]) for d in letters} == set(
-        malformed
-    )
-    assert not [d for d in letters if CANARY in (d["error"]["message"] or "")]
+    now = {
+        (d["original"]["partition"], d["original"]["offset"]): d["now"] for d in listing["letters"]
+    }
+    assert now == {place: shot.expect for place, shot in dead.items()}
+    assert listing["dead_letters"] == len(dead)
+    assert not [d for d in listing["letters"] if CANARY in (d["error"]["message"] or "")]
     code, out, err = await cli(settings, "dlq", "list")
     assert code == 0, err[-2000:]
-    assert out.startswith(f"{len(malformed)} dead letter(s)")
+    assert out.startswith(f"{len(dead)} dead letter(s)")
     code, out, err = await cli(settings, "dlq", "redrive", "--json")
     assert code == 0, err[-2000:]
     report = json.loads(out)
-    assert report["dead_letters"] == report["left"] == len(malformed)
+    assert report["dead_letters"] == report["left"] == len(dead)
     assert report["redriven"] == 0
 
 
@@ -171,7 +174,7 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
     print(f"hostile records: seed {seed}; reproduce: {SEED_ENV}={seed} {RUNS_ENV}=1 "
           f"{RECORDS_ENV}={RECORDS}")  # fmt: skip
     rng = random.Random(seed)
-    _, shots = mix(rng, RECORDS, settings.max_event_bytes)
+    _, shots = mix(rng, RECORDS, settings.max_event_bytes, settings.max_future_skew_s)
     for key_bytes, value_bytes in BROKER_SIZED:
         shots.insert(rng.randrange(len(shots) + 1), broker_sized(key_bytes, value_bytes))
     facts = await _seed_keys(db, rng)
@@ -221,18 +224,17 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
     assert outcomes == _expected_outcomes(sent)
     assert sum(outcomes.values()) == len(sent)
 
-    malformed = {place: shot for place, shot in sent.items() if shot.expect == "malformed"}
+    dead = {place: shot for place, shot in sent.items() if shot.expect in CLASSES}
     letters = await read_topic(settings, settings.dlq_topic)
     places = [_original_place(letter) for letter in letters]
     assert len(places) == len(set(places)), "a record was dead-lettered twice"
-    assert set(places) == set(malformed)
+    assert set(places) == set(dead)
     dropped = [
-        _check_dead_letter(lt, p, malformed[p], settings)
-        for lt, p in zip(letters, places, strict=True)
+        _check_dead_letter(lt, p, dead[p], settings) for lt, p in zip(letters, places, strict=True)
     ]
     print(f"{len(letters)} dead letters, {sum(dropped)} reduced to fit (too large)")
 
-    await _check_dlq_commands(settings, malformed)
+    await _check_dlq_commands(settings, dead)
 
     events: dict[tuple[str, str], MembershipEvent] = {}
     origins: dict[tuple[str, str], set[Place]] = {}
