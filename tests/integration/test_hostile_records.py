@@ -14,6 +14,7 @@ import json
 import os
 import random
 import signal
+import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from tests.integration.hostile_mix import broker_sized, mix
 from tests.integration.hostile_producers import Place, fits_whole, produce
 from tests.oracle import KeyFact, expected_state
 from tests.support.database import database_state, seed_key
-from tests.support.kafka import committed_offsets, end_offsets, read_topic
+from tests.support.kafka import committed_offsets, create_topic, end_offsets, read_topic
 from tests.support.metrics import scrape
 from tests.support.processes import cli, free_port, http_get, spawn_worker
 from tests.support.waiting import eventually
@@ -163,6 +164,24 @@ async def _check_dlq_commands(settings: Settings, dead: dict[Place, Shot]) -> No
     assert report["redriven"] == 0
 
 
+async def _check_notices(settings: Settings, db: Any) -> None:
+    """Every revoked key announced, under its owner's Kafka key and with its owner in the
+    data, however unusual their ids."""
+    assert settings.revocations_topic is not None
+    rows = await db.fetch(
+        "SELECT id, account_id, iam_id FROM api_keys WHERE revoked_at IS NOT NULL"
+    )
+    owners = {f"revoked:{r['id']}": (r["account_id"], r["iam_id"]) for r in rows}
+    announced = set()
+    for record in await read_topic(settings, settings.revocations_topic):
+        body = json.loads(record.value)
+        account, iam = owners[body["id"]]
+        assert record.key == f"{account}/{iam}".encode()
+        assert (body["data"]["account_id"], body["data"]["iam_id"]) == (account, iam)
+        announced.add(body["id"])
+    assert announced == set(owners)
+
+
 @pytest.mark.timeout(150 + RECORDS // 20)
 @pytest.mark.parametrize("seed", [BASE_SEED + run for run in range(RUNS)], ids="seed={}".format)
 async def test_hostile_records_leave_the_worker_running_and_every_record_accounted_for(
@@ -170,9 +189,12 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
 ) -> None:
     """A running worker fed valid events mixed with hostile records stays up and live, ends
     each record exactly once (applied, duplicate, ignored or dead-lettered with its original
-    bytes and true provenance), and the valid events' effects equal the oracle's."""
+    bytes and true provenance), and the valid events' effects equal the oracle's, every
+    revocation announced."""
     print(f"hostile records: seed {seed}; reproduce: {SEED_ENV}={seed} {RUNS_ENV}=1 "
           f"{RECORDS_ENV}={RECORDS}")  # fmt: skip
+    notices = await create_topic(settings, f"test-notices-{uuid.uuid4().hex[:12]}")
+    settings = settings.model_copy(update={"revocations_topic": notices})
     rng = random.Random(seed)
     _, shots = mix(rng, RECORDS, settings.max_event_bytes, settings.max_future_skew_s)
     for key_bytes, value_bytes in BROKER_SIZED:
@@ -205,6 +227,12 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
             return worker.returncode is not None or all(committed.get(p) == ends[p] for p in ends)
 
         await eventually(all_committed, timeout=60 + RECORDS / 20, interval=0.5)
+
+        async def announced() -> bool:
+            backlog = await db.fetchval("SELECT count(*) FROM revocation_outbox")
+            return worker.returncode is not None or backlog == 0
+
+        await eventually(announced, timeout=60, interval=0.5)
         outcomes = await _events_total(port)
         watch.cancel()
         assert worker.returncode is None
@@ -254,3 +282,4 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
     keys, rows = await database_state(db)
     assert {str(key_id) for key_id, revoked, _ in keys if revoked} == expected_revoked
     assert rows == expected_rows
+    await _check_notices(settings, db)
