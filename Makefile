@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install services services-down tools check test unit demo bench schema clean producers
+.PHONY: install services services-down tools check test unit fuzz demo bench schema clean producers
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,15 @@ unit: install tools
 
 test: install services tools check producers
 	$(BIN)/pytest
+
+# The hostile-record test, longer than CI runs it: `make fuzz RUNS=20 RECORDS=5000`, or one
+# run again with `make fuzz SEED=<printed seed> RUNS=1 RECORDS=<as printed>`.
+SEED ?=
+RECORDS ?= 5000
+RUNS ?= 10
+fuzz: install services
+	CLEANUP_FUZZ_SEED=$(SEED) CLEANUP_FUZZ_RECORDS=$(RECORDS) CLEANUP_FUZZ_RUNS=$(RUNS) \
+		$(BIN)/pytest tests/integration/test_hostile_records.py -rA
 
 # The README's first command: everything end to end on the local services.
 demo: install services

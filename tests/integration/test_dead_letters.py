@@ -12,7 +12,13 @@ from cleanup_worker.adapters import dlq
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, binary, event, structured
-from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
+from tests.support.kafka import (
+    committed_offsets,
+    end_offsets,
+    publisher,
+    read_topic,
+    send_null_record,
+)
 from tests.support.processes import running_worker
 from tests.support.waiting import eventually
 
@@ -134,14 +140,16 @@ async def test_event_the_database_rejects_is_isolated(settings: Settings, db: An
     assert await end_offsets(settings) == {0: 2, 1: 0, 2: 0}
 
 
+@pytest.mark.parametrize("key", [b"big", None], ids=["with key", "without key"])
 async def test_record_too_large_to_forward_is_dead_lettered_without_its_value(
-    settings: Settings, db: Any
+    settings: Settings, db: Any, key: bytes | None
 ) -> None:
     """A malformed record so large that the provenance pushes it over Kafka's limit is
-    dead-lettered with its provenance and its size instead of blocking the partition."""
+    dead-lettered with its provenance and its size, and an empty value (not a tombstone),
+    instead of blocking the partition or crashing the worker."""
     value = b"x" * 1_048_200  # fits the producer's 1 MiB request limit only without our headers
     async with publisher(settings) as pub, running_worker(settings):
-        await pub.raw(value, [], key=b"big", partition=1)
+        await pub.raw(value, [], key=key, partition=1)
 
         async def committed() -> bool:
             return (await committed_offsets(settings)).get(1) == 1
@@ -149,7 +157,64 @@ async def test_record_too_large_to_forward_is_dead_lettered_without_its_value(
         await eventually(committed)
     [letter] = await read_topic(settings, settings.dlq_topic)
     headers = dict(letter.headers)
-    assert letter.value is None
+    assert (letter.key, letter.value) == (key, b"")
     assert headers[dlq.H_VALUE_DROPPED] == b"1048200"
     assert dlq.decode_provenance(headers)[dlq.H_OFFSET] == "0"
     assert await ledger_size(db) == 0
+
+
+async def test_record_with_a_key_too_large_to_copy_keeps_its_value(
+    settings: Settings, db: Any
+) -> None:
+    """A malformed record whose key is too large to repeat in dlq.original.key is
+    dead-lettered whole, under its own key, without that copy."""
+    key = b"k" * 600_000
+    async with publisher(settings) as pub, running_worker(settings):
+        await pub.raw(b"{not json", [("x-trace", b"1")], key=key, partition=0)
+
+        async def committed() -> bool:
+            return (await committed_offsets(settings)).get(0) == 1
+
+        await eventually(committed)
+    [letter] = await read_topic(settings, settings.dlq_topic)
+    headers = dict(letter.headers)
+    assert (letter.key, letter.value, headers["x-trace"]) == (key, b"{not json", b"1")
+    assert dlq.H_KEY not in headers
+    assert dlq.decode_provenance(headers)[dlq.H_ERROR_CLASS] == "MalformedEvent"
+
+
+async def test_record_whose_key_alone_fills_the_limit_is_dead_lettered_without_it(
+    settings: Settings, db: Any
+) -> None:
+    """A malformed record whose key leaves no room for the provenance is dead-lettered
+    without key and value, with both sizes, instead of crashing the worker."""
+    async with publisher(settings) as pub, running_worker(settings):
+        await pub.raw(b"", [], key=b"k" * 1_048_400, partition=0)
+
+        async def committed() -> bool:
+            return (await committed_offsets(settings)).get(0) == 1
+
+        await eventually(committed)
+    [letter] = await read_topic(settings, settings.dlq_topic)
+    headers = dict(letter.headers)
+    assert (letter.key, letter.value) == (None, b"")
+    assert (headers[dlq.H_KEY_DROPPED], headers[dlq.H_VALUE_DROPPED]) == (b"1048400", b"0")
+    assert dlq.decode_provenance(headers)[dlq.H_OFFSET] == "0"
+
+
+async def test_tombstone_without_a_key_is_dead_lettered(settings: Settings, db: Any) -> None:
+    """A record with neither key nor value (which aiokafka cannot write back as it is) is
+    dead-lettered as a tombstone with an empty key, without dlq.original.key, and an error
+    naming the tombstone."""
+    async with publisher(settings) as pub, running_worker(settings):
+        await send_null_record(pub.producer, pub.topic, 2, [("x-trace", b"1")])
+
+        async def committed() -> bool:
+            return (await committed_offsets(settings)).get(2) == 1
+
+        await eventually(committed)
+    [letter] = await read_topic(settings, settings.dlq_topic)
+    headers = dict(letter.headers)
+    assert (letter.key, letter.value, headers["x-trace"]) == (b"", None, b"1")
+    assert dlq.H_KEY not in headers
+    assert "tombstone" in dlq.decode_provenance(headers)[dlq.H_ERROR_MESSAGE]

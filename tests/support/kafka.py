@@ -52,6 +52,16 @@ class Publisher:
         )
 
 
+async def send_null_record(
+    producer: AIOKafkaProducer, topic: str, partition: int, headers: list[tuple[str, bytes | None]]
+) -> Any:
+    """Produces a record with neither key nor value, as Kafka (and kcat, or the Java client)
+    allow; aiokafka's send() refuses one, its batch API does not. Returns its metadata."""
+    batch = producer.create_batch()
+    assert batch.append(timestamp=None, key=None, value=None, headers=headers) is not None
+    return await (await producer.send_batch(batch, topic, partition=partition))
+
+
 @asynccontextmanager
 async def publisher(settings: Settings) -> AsyncIterator[Publisher]:
     producer = AIOKafkaProducer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,3 +78,25 @@ async def spawn_worker(settings: Settings, **extra: str) -> asyncio.subprocess.P
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+def free_port() -> int:
+    """A loopback port free now (for a worker subprocess's HTTP server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:PORT/PATH: the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        raw = (await reader.read()).decode()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition("\r\n\r\n")
+    return int(head.split()[1]), body

@@ -28,9 +28,10 @@ H_ERROR_MESSAGE = "dlq.error.message"
 H_VERSION = "dlq.worker.version"
 H_FAILED_AT = "dlq.failed.at"
 H_VALUE_DROPPED = "dlq.value.dropped"  # bytes of a value too large to forward
+H_KEY_DROPPED = "dlq.key.dropped"  # bytes of a key too large to forward
 PROVENANCE_HEADERS = frozenset(
     {H_TOPIC, H_PARTITION, H_OFFSET, H_TIMESTAMP, H_KEY, H_GROUP, H_ERROR_CLASS,
-     H_ERROR_MESSAGE, H_VERSION, H_FAILED_AT, H_VALUE_DROPPED}
+     H_ERROR_MESSAGE, H_VERSION, H_FAILED_AT, H_VALUE_DROPPED, H_KEY_DROPPED}
 )  # fmt: skip
 
 
@@ -68,6 +69,36 @@ def decode_provenance(headers: Mapping[str, bytes | None]) -> dict[str, str]:
     }
 
 
+Letter = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]
+
+
+def letter_forms(record: Record, group: str, failure: Failure) -> list[tuple[str, Letter]]:
+    """The dead letter, then ever smaller forms of it (each with what it drops) for when it
+    exceeds Kafka's size limit: the provenance made it so, or the topics' limits differ.
+
+    The copy of the key in dlq.original.key goes first (the letter's own key is the
+    original); then the value with the record's own headers, their sizes noted; then the
+    key. The last form is provenance alone, which always fits.
+    """
+    own = [(name, value) for name, value in record.headers if name not in PROVENANCE_HEADERS]
+    provenance = provenance_headers(record, group, failure)
+    no_copy = [(name, value) for name, value in provenance if name != H_KEY]
+    value_size = (H_VALUE_DROPPED, b"%d" % len(record.value or b""))
+    key_size = (H_KEY_DROPPED, b"%d" % len(record.key or b""))
+    # An empty value where the original is dropped: a null value is a tombstone (compaction
+    # would delete the key's earlier letters). A tombstone without a key gets an empty key,
+    # as aiokafka refuses a record with neither; dlq.original.key is then absent, as it is
+    # for every record without a key, and the letter still reads as the tombstone it was.
+    key = b"" if record.key is None and record.value is None else record.key
+    return [
+        ("", (key, record.value, [*own, *provenance])),
+        ("key copy", (key, record.value, [*own, *no_copy])),
+        ("value", (record.key, b"", [*provenance, value_size])),
+        ("value, key copy", (record.key, b"", [*no_copy, value_size])),
+        ("value, key", (None, b"", [*no_copy, value_size, key_size])),
+    ]
+
+
 def _worth_retrying(exc: Exception) -> bool:
     return isinstance(exc, KafkaError) and not isinstance(
         exc, MessageSizeTooLargeError | RecordTooLargeError
@@ -101,18 +132,21 @@ class DeadLetterPublisher:
                 )
 
     async def publish(self, record: Record, failure: Failure) -> None:
-        own = [(name, value) for name, value in record.headers if name not in PROVENANCE_HEADERS]
-        provenance = provenance_headers(record, self._group, failure)
-        try:
-            await self._send(record.key, record.value, [*own, *provenance])
-        except (MessageSizeTooLargeError, RecordTooLargeError):
-            # Too large to forward whole (the provenance made it so, or the topics' limits
-            # differ). Retrying cannot help and would block the partition for good: send the
-            # provenance alone, with the size, so the offset can move and nothing is silent.
-            size = len(record.value or b"")
-            log.error("dlq.value_dropped", topic=record.topic, offset=record.offset, bytes=size)
-            dropped: list[tuple[str, bytes | None]] = [*provenance, (H_VALUE_DROPPED, b"%d" % size)]
-            await self._send(record.key, None, dropped)
+        for dropped, (key, value, headers) in letter_forms(record, self._group, failure):
+            if dropped:
+                log.error(
+                    "dlq.value_dropped" if "value" in dropped else "dlq.key_copy_dropped",
+                    topic=record.topic,
+                    offset=record.offset,
+                    bytes=len(record.value or b""),
+                    key_bytes=len(record.key or b""),
+                    dropped=dropped,
+                )
+            try:
+                await self._send(key, value, headers)
+                break
+            except (MessageSizeTooLargeError, RecordTooLargeError):
+                continue  # retrying cannot help and would block the partition: send less
         metrics.DEAD_LETTERS.labels(failure.error_class).inc()
         log.warning(
             "dlq.published",
