@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.database import rewrite_revocations
 from tests.support.waiting import eventually
 
 KEYS_PER_USER = 5
@@ -187,10 +188,11 @@ async def final_state(db: Any, run_id: Any) -> list[tuple[Any, ...]]:
 
 
 async def restore(db: Any) -> None:
-    await db.execute(
+    await rewrite_revocations(
+        db,
         "UPDATE api_keys AS k SET revoked_at = s.revoked_at, "
         "revocation_reason = s.revocation_reason, revoked_by = s.revoked_by "
-        "FROM seeded AS s WHERE s.id = k.id"
+        "FROM seeded AS s WHERE s.id = k.id",
     )
 
 

@@ -11,7 +11,13 @@ from aiokafka import AIOKafkaProducer
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.support.database import database_state, ledger_size, revoked_keys, seed_key
+from tests.support.database import (
+    database_state,
+    ledger_size,
+    revoked_keys,
+    rewrite_revocations,
+    seed_key,
+)
 from tests.support.events import at, event, structured
 from tests.support.kafka import committed_offsets, end_offsets, publisher
 from tests.support.processes import cli, running_worker
@@ -54,15 +60,9 @@ async def apply_with_worker(settings: Settings, db: Any, count: int) -> None:
 
 async def lose_writes(db: Any) -> None:
     """What a restored backup does: revocations and rows gone."""
-    # A restore writes no UPDATE; R4's trigger (migration 0007) would refuse this one.
-    async with db.transaction():
-        await db.execute("ALTER TABLE api_keys DISABLE TRIGGER api_keys_revocation_is_permanent")
-        await db.execute(
-            "UPDATE api_keys SET revoked_at = NULL, revocation_reason = NULL, revoked_by = NULL"
-        )
-        await db.execute(
-            "ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_revocation_is_permanent"
-        )
+    await rewrite_revocations(
+        db, "UPDATE api_keys SET revoked_at = NULL, revocation_reason = NULL, revoked_by = NULL"
+    )
     await db.execute("DELETE FROM account_memberships")
 
 

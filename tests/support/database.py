@@ -56,3 +56,17 @@ async def membership_rows(db: Any) -> dict[Member, Membership]:
             "SELECT account_id, iam_id, state, member_since, changed_at FROM account_memberships"
         )
     }
+
+
+async def rewrite_revocations(db: Any, statement: str, *args: Any) -> None:
+    """Runs an UPDATE that un-revokes or rewrites revocations, as a restore or a reset does.
+
+    R4's trigger (migration 0007) refuses such an UPDATE from anyone; the test owns its
+    database and takes the documented way around it, in one transaction.
+    """
+    async with db.transaction():
+        await db.execute("ALTER TABLE api_keys DISABLE TRIGGER api_keys_revocation_is_permanent")
+        await db.execute(statement, *args)
+        await db.execute(
+            "ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_revocation_is_permanent"
+        )
