@@ -125,6 +125,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
         max_in_flight=settings.batches_in_flight,
         rebalance_drain_s=settings.rebalance_drain_s,
         retry_max_wait_s=settings.retry_max_wait_s,
+        new_consumer=partial(kafka.group_consumer, settings),
     )
     return Consuming(
         worker=worker,

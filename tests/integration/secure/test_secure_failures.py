@@ -174,3 +174,37 @@ async def test_missing_dlq_acl_is_named_and_granting_it_resumes_the_worker(
     assert scheduled
     assert all(f"not authorized on topic {dlq}" in line["cause"] for line in scheduled)
     assert_no_secret(secure, lines)
+
+
+@pytest.mark.timeout(120)
+async def test_missing_group_acl_is_named_and_granting_it_lets_the_worker_join(
+    secure: SecureServices, settings: Settings, db: Any
+) -> None:
+    """Without READ on its group the worker keeps retrying the join (one named line each, no
+    crash); once the ACL is granted the same process joins and applies the removal."""
+    group = f"{NOGRANT}group-{uuid.uuid4().hex[:12]}"
+    plain = settings.model_copy(update={"kafka_group_id": group})
+    key = await seed_key(db, "acct", "jo", at(0))
+    async with publisher(plain) as pub:
+        await pub.events([event("removed", "acct", "jo", at(10))])
+    port = free_port()
+    worker = await spawn_worker(over_mtls(secure, plain), CLEANUP_HTTP_PORT=str(port))
+    try:
+        await asyncio.sleep(5)
+        assert worker.returncode is None, "the worker exited instead of retrying"
+        assert not await ready(port)
+        grant = ("--operation", "Read", "--group", group)
+        await kafka_acls_async(secure.plain_bootstrap, "--add", "--allow-principal", WORKER, *grant)
+
+        async def applied() -> bool:
+            return await ledger_size(db) == 1
+
+        await eventually(applied, timeout=60)
+        await eventually(lambda: ready(port), timeout=30)
+    finally:
+        lines = await stop(worker)
+    assert await db.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", key) is not None
+    scheduled = retries(lines)
+    assert scheduled
+    assert all(f"not authorized on consumer group {group}" in line["cause"] for line in scheduled)
+    assert_no_secret(secure, lines)
