@@ -166,7 +166,11 @@ async def test_missing_dlq_acl_is_named_and_granting_it_resumes_the_worker(
 
         await eventually(proceeded, timeout=60)
         await eventually(lambda: ready(port), timeout=30)
-        assert (await committed_offsets(plain)).get(0) == 2
+
+        async def committed_past_both() -> bool:
+            return (await committed_offsets(plain)).get(0) == 2
+
+        await eventually(committed_past_both, timeout=30)
     finally:
         lines = await stop(worker)
     assert await db.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", key) is not None
