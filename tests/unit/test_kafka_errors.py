@@ -67,3 +67,17 @@ def test_other_library_lines_pass_and_other_errors_have_no_cause() -> None:
     assert library_says("Heartbeat failed for group g", "aiokafka")
     assert not library_says("Topic t is not authorized for this client", "aiokafka.cluster")
     assert kafka_errors.describe(ValueError("x")) is None
+
+
+def test_reconnects_mid_run_stay_visible() -> None:
+    """aiokafka's reconnects to a known node are the trace of an outage: not dropped."""
+    assert library_says("Unable connect to node with id 1: [Errno 111] Connect call failed")
+
+
+def test_a_stale_cause_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bootstrap failure logged long ago does not explain today's connection error."""
+    now = [1000.0]
+    monkeypatch.setattr("cleanup_worker.adapters.kafka_errors.time.monotonic", lambda: now[0])
+    library_says('Unable connect to "h:1": [Error 58] SaslAuthenticationFailed: Authentication')
+    now[0] += 600
+    assert kafka_errors.describe(BOOTSTRAP_FAILED) == "broker unreachable"

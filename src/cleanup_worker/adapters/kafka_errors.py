@@ -13,6 +13,7 @@ import logging
 import re
 import ssl
 import threading
+import time
 
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
@@ -20,8 +21,12 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-# The lines aiokafka writes for what its exception then forgets; their text is the cause.
-_CONNECTION_FAILED = re.compile(r"^Unable (?:connect|to request metadata) (?:to|from) ")
+# The lines aiokafka writes when bootstrapping fails, before raising an exception that has
+# forgotten why; their text is the cause. (Its reconnects to a known node, "Unable connect to
+# node with id ...", are left alone: they are the only trace of an outage mid-run.)
+_CONNECTION_FAILED = re.compile(r'^Unable (?:connect to|to request metadata from) "')
+# A cause older than this belongs to an earlier failure, not to the exception at hand.
+_FRESH_S = 30.0
 _NOT_AUTHORIZED = re.compile(r"^Topic .* is not authorized for this client$")
 _LIBRARY_LOGGERS = ("aiokafka", "aiokafka.cluster")
 
@@ -32,16 +37,23 @@ class ConnectionErrors(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self.last: str | None = None
+        self._last: tuple[float, str] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if _CONNECTION_FAILED.match(message):
             with self._lock:
-                self.last = message
+                self._last = (time.monotonic(), message)
             return False
         # Said by our retry line (the exception carries the topic), once per retry.
         return not _NOT_AUTHORIZED.match(message)
+
+    def recent(self) -> str | None:
+        """The last bootstrap failure aiokafka logged, unless it is stale."""
+        with self._lock:
+            if self._last is None or time.monotonic() - self._last[0] > _FRESH_S:
+                return None
+            return self._last[1]
 
 
 CONNECTION_ERRORS = ConnectionErrors()
@@ -64,7 +76,7 @@ def describe(exc: BaseException) -> str | None:
     if isinstance(exc, ssl.SSLError):
         return _tls(str(exc))
     if isinstance(exc, KafkaConnectionError):
-        return _connection(CONNECTION_ERRORS.last)
+        return _connection(CONNECTION_ERRORS.recent())
     return None
 
 
