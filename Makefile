@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install services services-down tools check test unit fuzz demo bench schema clean producers
+.PHONY: install services services-secure services-down tools check test unit fuzz demo bench schema clean producers
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ $(PRODUCERS)/java/.installed: tests/producers/pom.xml
 
 services:
 	scripts/dev-services up
+
+# Also TLS, SASL_SSL/SCRAM, mTLS and ACLs; writes .dev/secure.env and .dev/secure-mtls.env.
+services-secure:
+	scripts/dev-services up --secure
 
 services-down:
 	scripts/dev-services down

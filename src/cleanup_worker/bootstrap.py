@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from cleanup_worker.adapters import kafka, postgres
+from cleanup_worker.adapters import kafka, kafka_errors, postgres
 from cleanup_worker.adapters.dlq import DeadLetterPublisher
 from cleanup_worker.adapters.kafka import Producer
 from cleanup_worker.adapters.migrator import Migration, migrate
@@ -38,6 +38,7 @@ def configure_process(settings: Settings) -> None:
     """What every program sets once at start: its logs and its retry hooks."""
     configure_logging(settings.log_format, settings.log_level)
     install_retry_hooks()
+    kafka_errors.install()
 
 
 async def migrate_database(settings: Settings) -> list[Migration]:
@@ -48,12 +49,13 @@ async def migrate_database(settings: Settings) -> list[Migration]:
 async def start_producer(settings: Settings, stack: AsyncExitStack) -> Producer:
     """The idempotent producer (dead letters, notices), started (waiting for the broker)."""
     producer = kafka.producer(settings)
+    # Closed even if a stop request interrupts the start (stop() is safe before start()).
+    stack.push_async_callback(producer.stop)
     async for attempt in retrying(
         "kafka.producer.start", on=KafkaError, wait_max=settings.retry_max_wait_s
     ):
         with attempt:
             await producer.start()
-    stack.push_async_callback(producer.stop)
     return producer
 
 
@@ -105,7 +107,12 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     stack.push_async_callback(pool.close)
     producer = await start_producer(settings, stack)
     dead_letters = DeadLetterPublisher(
-        producer, settings.dlq_topic, settings.kafka_group_id, settings.retry_max_wait_s
+        producer,
+        settings.dlq_topic,
+        settings.kafka_group_id,
+        settings.retry_max_wait_s,
+        on_blocked=health.dead_letters_blocked,
+        on_flowing=health.dead_letters_flowing,
     )
     relay = await notice_relay(settings, producer, stack)
     worker = Worker(
@@ -118,6 +125,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
         max_in_flight=settings.batches_in_flight,
         rebalance_drain_s=settings.rebalance_drain_s,
         retry_max_wait_s=settings.retry_max_wait_s,
+        new_consumer=partial(kafka.group_consumer, settings),
     )
     return Consuming(
         worker=worker,

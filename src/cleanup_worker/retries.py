@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import stamina
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
+from cleanup_worker.adapters import kafka_errors
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 
@@ -46,12 +47,16 @@ def on_retry(details: RetryDetails) -> None:
     """One log line and one count per scheduled retry: the operation and the error's class."""
     error = type(details.caused_by).__name__
     metrics.RETRIES.labels(details.name, error).inc()
+    # The cause an operator can act on (a missing ACL, a rejected password, an untrusted
+    # certificate): aiokafka's own exception often does not say it.
+    cause = kafka_errors.describe(details.caused_by) if details.name.startswith("kafka.") else None
     log.warning(
         "retry.scheduled",
         operation=details.name,
         error=error,
         attempt=details.retry_num,
         wait_s=round(details.wait_for, 3),
+        **({"cause": cause} if cause else {}),
     )
 
 

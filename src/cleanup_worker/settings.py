@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: FilePath | None = None
     kafka_ssl_certfile: FilePath | None = None
     kafka_ssl_keyfile: FilePath | None = None
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted client key (kafka_ssl_keyfile)"
+    )
+    # On unless a broker's certificate cannot name it; off is logged at every start.
+    kafka_ssl_check_hostname: bool = True
 
     event_types_added: CommaList = Field(
         default_factory=lambda: ["account.member.added"], min_length=1
@@ -104,6 +109,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "kafka_sasl_mechanism and kafka_sasl_username are required with SASL_*"
             )
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("kafka_ssl_keyfile needs kafka_ssl_certfile")
+        if self.kafka_ssl_key_password and not self.kafka_ssl_certfile:
+            raise ValueError("kafka_ssl_key_password needs kafka_ssl_certfile")
         return self
 
     @property

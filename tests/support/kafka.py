@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
@@ -79,7 +80,15 @@ async def committed_offsets(settings: Settings) -> dict[int, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(settings.kafka_group_id)
+        # On a fresh broker the first group lookup creates __consumer_offsets, and the
+        # coordinator is "not available" until it has: ask again.
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    offsets = await admin.list_consumer_group_offsets(settings.kafka_group_id)
+                    break
+                except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+                    await asyncio.sleep(0.2)
     finally:
         await admin.close()
     topic = settings.kafka_topics[0]

@@ -9,6 +9,8 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from pydantic import SecretStr
+
 from cleanup_worker.bootstrap import worker_process
 from cleanup_worker.service.process import WorkerProcess
 from cleanup_worker.settings import Settings
@@ -47,7 +49,29 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     }
     if settings.revocations_topic:
         env["CLEANUP_REVOCATIONS_TOPIC"] = settings.revocations_topic
+    env.update(security_env(settings))
     env.update(extra)
+    return env
+
+
+def security_env(settings: Settings) -> dict[str, str]:
+    """The Kafka security settings as `CLEANUP_*` variables (none but the protocol for
+    PLAINTEXT)."""
+    values: dict[str, object] = {
+        "KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
+        "KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+        "KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+        "KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+        "KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+        "KAFKA_SSL_KEY_PASSWORD": settings.kafka_ssl_key_password,
+    }
+    env = {}
+    for name, value in values.items():
+        if value is not None:
+            plain = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            env[f"CLEANUP_{name}"] = plain
     return env
 
 

@@ -63,6 +63,21 @@ def test_database_trouble_until_recovered() -> None:
     assert health.readiness(database_answers=True, broker_answers=True).ready
 
 
+def test_refused_dead_letters_until_they_flow() -> None:
+    """While the dead-letter topic refuses a record the worker is not ready, but still live
+    (a restart would not grant a missing ACL)."""
+    clock = Clock()
+    health = running(clock)
+    health.dead_letters_blocked()
+    clock.now += 600
+    answer = health.readiness(database_answers=True, broker_answers=True)
+    assert (answer.ready, answer.dead_letters_blocked) == (False, True)
+    assert health.is_live()
+    health.dead_letters_flowing()
+    health.polled()
+    assert health.readiness(database_answers=True, broker_answers=True).ready
+
+
 def test_wedged_loop_is_not_live() -> None:
     """No poll for longer than the liveness timeout: not live."""
     clock = Clock()

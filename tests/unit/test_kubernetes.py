@@ -38,8 +38,8 @@ def with_optional(text: str) -> str:
 
 
 # The documented ways to render: the base, the example overlay, the overlay with the backfill
-# turned into a real run (overlays/example/backfill-execute.yaml, step 2), and the overlay
-# with the optional ServiceMonitor and KEDA scaler listed.
+# turned into a real run (overlays/example/backfill-execute.yaml, step 2), the overlay
+# with the optional ServiceMonitor and KEDA scaler listed, and the secure overlay on top of it.
 VARIANTS: dict[str, tuple[str, Callable[[str], str] | None]] = {
     "base": ("base", None),
     "example": ("overlays/example", None),
@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, Callable[[str], str] | None]] = {
         documented_edit("patches:\n", "patches:\n  - path: backfill-execute.yaml\n"),
     ),
     "example-optional": ("overlays/example", with_optional),
+    # docs/security.md: mutual TLS to Kafka, verify-full to PostgreSQL, files from Secrets.
+    "secure-example": ("overlays/secure-example", None),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import stamina
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from structlog.testing import capture_logs
 
 from cleanup_worker.observability import metrics
@@ -71,3 +72,22 @@ def test_unbounded_by_default_is_refused_nowhere() -> None:
 
     with pytest.raises(OSError, match="down"):
         asyncio.run(once())
+
+
+async def test_a_kafka_retry_names_its_cause() -> None:
+    """A Kafka operation's retry line says what to fix (here: the missing ACL on a topic)."""
+    install_retry_hooks()
+    stamina.set_testing(True, attempts=2)
+
+    async def refused() -> None:
+        async for attempt in retrying("kafka.test", on=KafkaError, wait_max=0.01):
+            with attempt:
+                raise TopicAuthorizationFailedError("dlq-topic")
+
+    try:
+        with capture_logs() as logs, pytest.raises(TopicAuthorizationFailedError):
+            await refused()
+    finally:
+        stamina.set_testing(False)
+    [line] = [line for line in logs if line["event"] == "retry.scheduled"]
+    assert "not authorized on topic dlq-topic" in line["cause"]

@@ -93,3 +93,21 @@ def test_cli_bad_setting_prints_one_line_and_exits_2() -> None:
     assert len(lines) == 1
     assert "CLEANUP_BATCH_MAX_RECORDS" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_key_password_without_a_client_certificate_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CLEANUP_KAFKA_SSL_KEY_PASSWORD without a client certificate fails, naming the mistake."""
+    monkeypatch.setenv("CLEANUP_DATABASE_URL", DB)
+    monkeypatch.setenv("CLEANUP_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("CLEANUP_KAFKA_SSL_KEY_PASSWORD", "secret-pw")
+    with pytest.raises(ConfigurationError, match="kafka_ssl_key_password needs") as raised:
+        load_settings()
+    assert "secret-pw" not in str(raised.value)
+
+
+def test_hostname_verification_is_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unless switched off explicitly, the broker's certificate must name the broker."""
+    monkeypatch.setenv("CLEANUP_DATABASE_URL", DB)
+    assert load_settings().kafka_ssl_check_hostname is True

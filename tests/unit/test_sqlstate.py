@@ -7,6 +7,7 @@ import pytest
 
 from cleanup_worker.adapters.sqlstate import (
     describe,
+    is_login_refused,
     is_lost_race,
     is_per_event,
     is_transient,
@@ -100,3 +101,18 @@ def test_describe_names_class_and_sqlstate_never_the_message() -> None:
     text = describe(asyncpg.UniqueViolationError("duplicate key value (secret)=(x)"))
     assert text == "UniqueViolationError (SQLSTATE 23505)"
     assert describe(ConnectionResetError("peer said secret")) == "ConnectionResetError"
+
+
+@pytest.mark.parametrize(
+    "error", [asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError]
+)
+def test_refused_login_is_its_own_class(error: type[asyncpg.PostgresError]) -> None:
+    """A wrong password or a pg_hba.conf refusal (class 28) is a refused login, not transient."""
+    assert is_login_refused(error("x"))
+    assert not is_transient(error("x"))
+
+
+@pytest.mark.parametrize("error", LOST_RACES + UNAVAILABLE + DEPLOYMENT_FAULTS)
+def test_other_errors_are_no_refused_login(error: type[asyncpg.PostgresError]) -> None:
+    """Nothing outside class 28 counts as a refused login."""
+    assert not is_login_refused(error("x"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
@@ -112,24 +112,41 @@ class DeadLetterPublisher:
     is never lost between the two topics.
     """
 
-    def __init__(self, producer: Producer, topic: str, group: str, retry_max_wait_s: float) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        group: str,
+        retry_max_wait_s: float,
+        *,
+        on_blocked: Callable[[], None] | None = None,
+        on_flowing: Callable[[], None] | None = None,
+    ) -> None:
         self._producer = producer
         self._topic = topic
         self._group = group
         self._retry_max_wait_s = retry_max_wait_s
+        self._on_blocked = on_blocked
+        self._on_flowing = on_flowing
 
     async def _send(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
     ) -> None:
         # Every other error is retried, without end: a broker that is down, or a missing
         # permission, must block the commit rather than lose the dead letter.
+        blocked = False
         async for attempt in retrying(
             "kafka.dlq.publish", on=_worth_retrying, wait_max=self._retry_max_wait_s
         ):
             with attempt:
+                if attempt.num > 1 and not blocked and self._on_blocked:
+                    blocked = True
+                    self._on_blocked()
                 await self._producer.send_and_wait(
                     self._topic, value=value, key=key, headers=headers
                 )
+        if blocked and self._on_flowing:
+            self._on_flowing()
 
     async def publish(self, record: Record, failure: Failure) -> None:
         for dropped, (key, value, headers) in letter_forms(record, self._group, failure):

@@ -19,7 +19,11 @@ from aiokafka.helpers import create_ssl_context
 
 from cleanup_worker.adapters.cloudevents import Header
 from cleanup_worker.domain.events import Origin
-from cleanup_worker.settings import Settings
+from cleanup_worker.errors import ConfigurationError
+from cleanup_worker.logging import get_logger
+from cleanup_worker.settings import ENV_PREFIX, Settings
+
+log = get_logger(__name__)
 
 # aiokafka ships no type information: these Protocols name the part of its clients we use,
 # so that mypy checks our side of every call.
@@ -138,14 +142,37 @@ class Record:
         )
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def _key_password(settings: Settings) -> str:
+    # Always a callable: without one, OpenSSL prompts on the terminal for an encrypted key
+    # (and a pod without a terminal hangs or fails with noise instead of this line).
+    if settings.kafka_ssl_key_password is None:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}KAFKA_SSL_KEY_PASSWORD: the client key is encrypted; set its password"
+        )
+    return settings.kafka_ssl_key_password.get_secret_value()
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of every client: the broker's certificate is verified, its name too."""
     if not settings.kafka_security_protocol.endswith("SSL"):
         return None
-    context: ssl.SSLContext = create_ssl_context(
-        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
-        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-    )
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            password=lambda: _key_password(settings),
+        )
+    except ssl.SSLError as exc:
+        # e.g. a wrong key password, or a key that does not match the certificate
+        raise ConfigurationError(
+            f"{ENV_PREFIX}KAFKA_SSL_CERTFILE/KEYFILE: cannot load the client certificate "
+            "and key: a wrong CLEANUP_KAFKA_SSL_KEY_PASSWORD, or a key that is not the "
+            f"certificate's ({exc.reason or type(exc).__name__})"
+        ) from None
+    if not settings.kafka_ssl_check_hostname:
+        log.warning("kafka.tls.hostname_unchecked")
+        context.check_hostname = False
     return context
 
 
@@ -155,7 +182,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.require_kafka(),
         "client_id": settings.kafka_client_id,
         "security_protocol": settings.kafka_security_protocol,
-        "ssl_context": _ssl_context(settings),
+        "ssl_context": ssl_context(settings),
     }
     if settings.kafka_sasl_mechanism:
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism

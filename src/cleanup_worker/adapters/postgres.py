@@ -10,7 +10,7 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from cleanup_worker.adapters.sqlstate import is_transient
+from cleanup_worker.adapters.sqlstate import describe, is_login_refused, is_transient
 from cleanup_worker.errors import ServiceUnavailable
 from cleanup_worker.retries import retrying
 from cleanup_worker.settings import Settings
@@ -22,11 +22,17 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 
 
 async def create_pool(settings: Settings, *, max_size: int | None = None) -> Pool:
-    """A pool that keeps trying to reach the database until it answers (start-up may race it)."""
+    """A pool that keeps trying to reach the database until it answers (start-up may race it).
+
+    A refused login is waited out too: the worker stays unready, with one line a retry naming
+    the error, until the password or pg_hba.conf is fixed, instead of crash-looping.
+    """
     size = max_size or settings.database_pool_size
 
     async for attempt in retrying(
-        "database.connect", on=is_transient, wait_max=settings.retry_max_wait_s
+        "database.connect",
+        on=lambda exc: is_transient(exc) or is_login_refused(exc),
+        wait_max=settings.retry_max_wait_s,
     ):
         with attempt:
             return await asyncpg.create_pool(
@@ -66,6 +72,12 @@ async def connect(settings: Settings) -> AsyncIterator[asyncpg.Connection[asyncp
                     server_settings={"application_name": "cleanup-worker"},
                 )
     except Exception as exc:
+        if is_login_refused(exc):
+            # One line, no traceback; never the DSN (it holds the password).
+            raise ServiceUnavailable(
+                f"database refused the login ({describe(exc)}): check the user and password "
+                "in CLEANUP_DATABASE_URL, and that pg_hba.conf admits it over this connection"
+            ) from None
         if not is_transient(exc):
             raise
         raise ServiceUnavailable(

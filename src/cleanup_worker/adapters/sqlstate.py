@@ -18,6 +18,7 @@ import asyncpg
 __all__ = [
     "REVOCATION_IS_PERMANENT",
     "describe",
+    "is_login_refused",
     "is_lost_race",
     "is_per_event",
     "is_transient",
@@ -63,6 +64,13 @@ def is_transient(exc: BaseException) -> bool:
         exc,
         OSError | asyncio.TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError,
     ) and not isinstance(exc, asyncpg.InterfaceWarning)
+
+
+def is_login_refused(exc: BaseException) -> bool:
+    """True when the server refused the login (class 28: a wrong password, a pg_hba.conf
+    rule such as hostssl-only): fixed by whoever rotates the credential, not by our code."""
+    sqlstate = sqlstate_of(exc)
+    return sqlstate is not None and sqlstate.startswith("28")
 
 
 def is_per_event(exc: BaseException) -> bool:

@@ -17,6 +17,7 @@ class Readiness:
     broker: bool
     retrying_database: bool
     running: bool
+    dead_letters_blocked: bool = False
 
     @property
     def ready(self) -> bool:
@@ -26,6 +27,7 @@ class Readiness:
             and self.database
             and self.broker
             and not self.retrying_database
+            and not self.dead_letters_blocked
         )
 
 
@@ -42,6 +44,7 @@ class Health:
         self._running = False
         self._partitions = 0
         self._retrying_database = False
+        self._dead_letters_blocked = False
 
     # --- transitions -------------------------------------------------------------------------
 
@@ -75,14 +78,23 @@ class Health:
         """A batch committed again."""
         self._retrying_database = False
 
+    def dead_letters_blocked(self) -> None:
+        """The dead-letter topic refuses a record (broker down, a missing ACL): its batch waits."""
+        self._dead_letters_blocked = True
+
+    def dead_letters_flowing(self) -> None:
+        """The dead-letter topic took the record it refused."""
+        self._dead_letters_blocked = False
+
     # --- questions ---------------------------------------------------------------------------
 
     def seconds_since_poll(self) -> float:
         return self._clock() - self._last_poll
 
     def is_live(self) -> bool:
-        if not self._running or self._retrying_database:
-            # Not wedged: either starting/stopping or paused on purpose while retrying.
+        if not self._running or self._retrying_database or self._dead_letters_blocked:
+            # Not wedged: either starting/stopping or paused on purpose while retrying (a
+            # restart would not grant a missing ACL; it would only add a crash loop).
             return True
         return self.seconds_since_poll() < self._liveness_timeout_s
 
@@ -94,4 +106,5 @@ class Health:
             broker=broker_answers,
             retrying_database=self._retrying_database,
             running=self._running,
+            dead_letters_blocked=self._dead_letters_blocked,
         )

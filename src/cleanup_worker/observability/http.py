@@ -46,6 +46,7 @@ class HealthServer:
             f"partitions={answer.partitions} "
             f"database={'ok' if answer.database else 'unreachable'} "
             f"broker={'ok' if answer.broker else 'unreachable'}"
+            f"{' dead-letters=blocked' if answer.dead_letters_blocked else ''}"
         )
         return web.Response(status=200 if answer.ready else 503, text=body + "\n")
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -71,8 +72,10 @@ class Worker:
         max_in_flight: int,
         rebalance_drain_s: float,
         retry_max_wait_s: float,
+        new_consumer: Callable[[], GroupConsumer] | None = None,
     ) -> None:
         self.consumer = consumer
+        self._new_consumer = new_consumer
         self.health = health
         self._handler = handler
         self._topics = topics
@@ -87,15 +90,28 @@ class Worker:
         self.batches = 0
 
     async def start(self) -> None:
-        """Joins the group, retrying while the broker is unreachable, unless asked to stop."""
-        self.consumer.subscribe(self._topics, listener=_DrainOnRevoke(self))
+        """Joins the group, retrying while the broker is unreachable or refuses (a missing
+        ACL on the group or a topic), unless asked to stop."""
         async for attempt in retrying("kafka.join", on=KafkaError, wait_max=self._retry_max_wait_s):
             with attempt:
                 if self._stopping.is_set():
                     return
+                if attempt.num > 1:
+                    await self._replace_consumer()
+                self.consumer.subscribe(self._topics, listener=_DrainOnRevoke(self))
                 await self.consumer.start()
         self.health.started()
         log.info("worker.started", topics=self._topics)
+
+    async def _replace_consumer(self) -> None:
+        # An aiokafka consumer whose start() failed after connecting (e.g. the group refused
+        # it) cannot be started again: the next attempt gets a fresh one.
+        if self._new_consumer is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self.consumer.stop()
+        self.consumer = self._new_consumer()
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
