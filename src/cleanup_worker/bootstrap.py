@@ -17,28 +17,20 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from cleanup_worker.adapters import kafka, kafka_errors, postgres
+from cleanup_worker.adapters import kafka, postgres
 from cleanup_worker.adapters.dlq import DeadLetterPublisher
 from cleanup_worker.adapters.kafka import Producer
 from cleanup_worker.adapters.migrator import Migration, migrate
 from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.errors import ServiceUnavailable
-from cleanup_worker.logging import configure_logging
 from cleanup_worker.observability.health import Health
-from cleanup_worker.retries import install_retry_hooks, retrying
+from cleanup_worker.retries import retrying
 from cleanup_worker.service.classify import RecordClassifier
 from cleanup_worker.service.consumer import Worker
 from cleanup_worker.service.handler import BatchHandler
 from cleanup_worker.service.process import Consuming, WorkerProcess, run_until_signalled
 from cleanup_worker.service.relay import NoticeRelay
 from cleanup_worker.settings import Settings
-
-
-def configure_process(settings: Settings) -> None:
-    """What every program sets once at start: its logs and its retry hooks."""
-    configure_logging(settings.log_format, settings.log_level)
-    install_retry_hooks()
-    kafka_errors.install()
 
 
 async def migrate_database(settings: Settings) -> list[Migration]:

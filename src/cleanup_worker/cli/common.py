@@ -28,7 +28,7 @@ def settings_or_exit(*, needs_kafka: bool = False) -> Settings:
             settings.require_kafka()
     except ConfigurationError as exc:
         fail(f"configuration error: {exc}", EXIT_CONFIG)
-    from cleanup_worker.bootstrap import configure_process  # noqa: PLC0415 - keeps --help fast
+    from cleanup_worker.startup import configure_process  # noqa: PLC0415 - keeps --help fast
 
     configure_process(settings)
     return settings
