@@ -102,3 +102,29 @@ def expected_state(
             if mine and key.key_id not in revoked and key.created_at <= event.time:
                 revoked.add(key.key_id)
     return rows, revoked
+
+
+def expected_with_late_keys(
+    baselines: Mapping[Member, Membership],
+    keys: Iterable[KeyFact],
+    events: Iterable[MembershipEvent],
+) -> tuple[dict[Member, Membership], set[str]]:
+    """`expected_state` plus R6: once every event is consumed, a key still live whose member
+    ends `removed`, created after the member's latest removal event, is revoked too — unless
+    that latest removal is the baseline row's (then no removal event names it: R5's case)."""
+    key_list = list(keys)
+    event_list = list(events)
+    rows, revoked = expected_state(baselines, key_list, event_list)
+    for key in key_list:
+        member = (key.account_id, key.iam_id)
+        row = rows.get(member)
+        if key.key_id in revoked or row is None or row.state is not State.REMOVED:
+            continue
+        removals = sorted(
+            (e.time, e.id, e.source)
+            for e in event_list
+            if e.change is Change.REMOVED and (e.account_id, e.iam_id) == member
+        )
+        if removals and removals[-1][0] == row.changed_at and key.created_at > removals[-1][0]:
+            revoked.add(key.key_id)
+    return rows, revoked

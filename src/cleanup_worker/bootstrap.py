@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from cleanup_worker.adapters import kafka, postgres
 from cleanup_worker.adapters.dlq import DeadLetterPublisher
+from cleanup_worker.adapters.group_progress import GroupProgress
 from cleanup_worker.adapters.kafka import Producer
 from cleanup_worker.adapters.migrator import Migration, migrate
 from cleanup_worker.adapters.postgres import Pool
@@ -28,6 +29,7 @@ from cleanup_worker.retries import retrying
 from cleanup_worker.service.classify import RecordClassifier
 from cleanup_worker.service.consumer import Worker
 from cleanup_worker.service.handler import BatchHandler
+from cleanup_worker.service.late_keys import LateKeySweeper
 from cleanup_worker.service.process import Consuming, WorkerProcess, run_until_signalled
 from cleanup_worker.service.relay import NoticeRelay
 from cleanup_worker.settings import Settings
@@ -88,15 +90,45 @@ def build_handler(
         on_revoked=relay.wake if relay else None,
         dead_letters=dead_letters,
         retry_max_wait_s=settings.retry_max_wait_s,
+        note_late_keys=settings.late_keys == "revoke",
         on_db_trouble=health.database_trouble if health else None,
         on_db_ok=health.database_recovered if health else None,
     )
 
 
+async def start_sweeper(settings: Settings, pool: Pool, stack: AsyncExitStack) -> LateKeySweeper:
+    """The late-key sweep, started, with R6's clients to the brokers unless R6 is off."""
+    progress = None
+    if settings.late_keys == "revoke":
+        consumer = kafka.standalone_consumer(settings)
+        admin = AIOKafkaAdminClient(**kafka.client_options(settings))
+        for name, client in (("consumer", consumer), ("admin", admin)):
+            async for attempt in retrying(
+                f"kafka.late_keys.{name}.start", on=KafkaError, wait_max=settings.retry_max_wait_s
+            ):
+                with attempt:
+                    await client.start()
+        stack.push_async_callback(consumer.stop)
+        stack.push_async_callback(admin.close)
+        progress = GroupProgress(consumer, admin, settings.kafka_group_id, settings.kafka_topics)
+    sweeper = LateKeySweeper(
+        pool,
+        progress=progress,
+        settle_s=settings.late_key_settle_s,
+        interval_s=settings.late_key_sweep_interval_s,
+        retry_max_wait_s=settings.retry_max_wait_s,
+    )
+    await sweeper.start()
+    stack.push_async_callback(sweeper.stop)
+    return sweeper
+
+
 async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStack) -> Consuming:
     """The live group's worker with its pool, dead-letter producer and handler."""
-    pool = await postgres.create_pool(settings)
+    # One connection more for the late-key sweep.
+    pool = await postgres.create_pool(settings, max_size=settings.database_pool_size + 1)
     stack.push_async_callback(pool.close)
+    await start_sweeper(settings, pool, stack)
     producer = await start_producer(settings, stack)
     dead_letters = DeadLetterPublisher(
         producer,

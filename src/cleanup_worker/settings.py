@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     liveness_timeout_s: float = Field(default=60.0, gt=0)
     retry_max_wait_s: float = Field(default=10.0, gt=0)
 
+    # R6 (DESIGN §2): revoke late keys, or leave them to the backfill. The R1 re-check is
+    # always on.
+    late_keys: Literal["revoke", "off"] = "revoke"
+    late_key_settle_s: float = Field(default=30.0, ge=0, le=86_400)
+    late_key_sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
+
     http_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
     http_port: int = Field(default=8080, ge=0, le=65_535)
 

@@ -104,3 +104,36 @@ RELAY_UP = Gauge(
     "1 while the notice relay's last attempt succeeded, 0 while it retries.",
     registry=REGISTRY,
 )
+LATE_KEYS_REVOKED = Counter(
+    "cleanup_late_keys_revoked",
+    "Keys the late-key sweep revoked, by rule: r1_recheck (reason member_removed) or "
+    "r6_late_key (reason orphaned). Also counted in cleanup_keys_revoked.",
+    ["rule"],
+    registry=REGISTRY,
+)
+SWEEP_DURATION = Histogram(
+    "cleanup_late_key_sweep_duration_seconds",
+    "Time of one late-key sweep (R1 re-check and R6), including R6's question to the brokers.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+SWEEP_BEHIND = Gauge(
+    "cleanup_late_key_sweep_behind_seconds",
+    "Age of the sweep's window start: keys created before it have had their last look.",
+    registry=REGISTRY,
+)
+LATE_KEYS_WAITING = Gauge(
+    "cleanup_late_keys_waiting",
+    "Late keys (R6) past their settle delay that wait because the consumer group lags.",
+    registry=REGISTRY,
+)
+LATE_KEYS_BLOCKED = Gauge(
+    "cleanup_late_keys_blocked_seconds",
+    "How long R6 has been waiting for the consumer group to catch up (0: not waiting).",
+    registry=REGISTRY,
+)
+LATE_KEY_SETTLE = Gauge(
+    "cleanup_late_key_settle_seconds",
+    "CLEANUP_LATE_KEY_SETTLE_S as configured (the alert compares the wait with it).",
+    registry=REGISTRY,
+)

@@ -105,6 +105,7 @@ class BatchHandler:
         on_revoked: Callable[[], None] | None = None,
         dead_letters: DeadLetterSink | None,
         retry_max_wait_s: float,
+        note_late_keys: bool = False,
         on_db_trouble: Callable[[], None] | None = None,
         on_db_ok: Callable[[], None] | None = None,
     ) -> None:
@@ -115,6 +116,7 @@ class BatchHandler:
         self._types = classify.types
         self._dead_letters = dead_letters
         self._retry_max_wait_s = retry_max_wait_s
+        self._note_late_keys = note_late_keys
         self._on_db_trouble = on_db_trouble
         self._on_db_ok = on_db_ok
 
@@ -251,7 +253,11 @@ class BatchHandler:
             try:
                 async with conn.transaction():
                     applied = await apply_events(
-                        conn, events, reprocess=reprocess, announce=self._announce
+                        conn,
+                        events,
+                        reprocess=reprocess,
+                        announce=self._announce,
+                        note_late_keys=self._note_late_keys,
                     )
                     if dry_run:
                         raise _DryRunRollback

@@ -1,0 +1,213 @@
+"""The late-key sweep: keys that slip past a removal are revoked within seconds (DESIGN §2).
+
+Every `interval` one replica (whoever holds the shared cursor row) runs the R1 re-check
+over the live keys that became visible recently, notes R6 candidates, and revokes the R6
+candidates whose settle delay has passed once the whole consumer group has caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from aiokafka.errors import KafkaError
+
+from cleanup_worker.adapters import keys
+from cleanup_worker.adapters import late_keys as sql
+from cleanup_worker.adapters.group_progress import GroupProgress
+from cleanup_worker.adapters.late_keys import Cursor, LateKey, Revoked
+from cleanup_worker.adapters.postgres import Pool
+from cleanup_worker.adapters.sqlstate import is_transient
+from cleanup_worker.domain.late_keys import group_has_caught_up, settle_cutoff
+from cleanup_worker.logging import get_logger
+from cleanup_worker.observability import metrics
+from cleanup_worker.retries import retrying
+
+log = get_logger(__name__)
+
+RULE_RECHECK = "r1_recheck"
+RULE_LATE_KEY = "r6_late_key"
+
+# Keys are looked at again a little before the window: a key service that sets created_at
+# from its own clock may be a little behind the database's.
+CLOCK_MARGIN = timedelta(seconds=2)
+
+
+def advance(cursor: Cursor, at: datetime, running: frozenset[str]) -> Cursor:
+    """The cursor after a sweep that saw `running` transactions at `at`.
+
+    When none of the probe's transactions runs any more, everything that started before the
+    probe has ended: the horizon moves to the probe's time, and the window to the horizon
+    the probe saw (keys created before it were visible when the probe was taken, so whatever
+    could have hidden them has ended too). Then a new probe is taken. While the probe's
+    transactions run, it is kept: replacing it could postpone the horizon for ever.
+    """
+    probe = cursor.probe_vxids
+    if probe is not None and cursor.probe_at is not None and cursor.probe_horizon is not None:
+        if running.intersection(probe):
+            return replace(cursor, swept_at=at)
+        cursor = replace(cursor, window_start=cursor.probe_horizon, horizon=cursor.probe_at)
+    return replace(
+        cursor,
+        probe_at=at,
+        probe_horizon=cursor.horizon,
+        probe_vxids=tuple(sorted(running)),
+        swept_at=at,
+    )
+
+
+@dataclass
+class Swept:
+    """What one sweep did."""
+
+    rechecked: list[Revoked] = field(default_factory=list)
+    late: list[Revoked] = field(default_factory=list)
+    waiting: int = 0
+
+
+class LateKeySweeper:
+    """A task beside the consumer, with an explicit lifecycle: `start`, then `stop`."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        progress: GroupProgress | None,
+        settle_s: float,
+        interval_s: float,
+        retry_max_wait_s: float,
+    ) -> None:
+        self._pool = pool
+        self._progress = progress  # None: R6 is off
+        self._settle = timedelta(seconds=settle_s)
+        self._interval_s = interval_s
+        self._retry_max_wait_s = retry_max_wait_s
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        metrics.LATE_KEY_SETTLE.set(settle_s)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="late-key-sweep")
+        log.info("late_keys.started", r6=self._progress is not None, interval_s=self._interval_s)
+
+    async def stop(self) -> None:
+        """Ends the loop; a sweep in progress is cancelled (its transaction rolls back)."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        log.info("late_keys.stopped")
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._sweep_retrying()
+            except Exception as exc:  # noqa: BLE001 - the consumer must go on; logged, measured
+                # Not transient (a bug, a missing grant): the next sweep tries again, and
+                # cleanup_late_key_sweep_behind_seconds shows that the sweep is stuck.
+                log.error("late_keys.sweep_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+
+    async def _sweep_retrying(self) -> Swept | None:
+        async for attempt in retrying(
+            "database.late_key_sweep", on=is_transient, wait_max=self._retry_max_wait_s
+        ):
+            with attempt:
+                return await self.sweep()
+        raise AssertionError("unreachable: stamina retries forever")  # pragma: no cover
+
+    async def sweep(self) -> Swept | None:
+        """One pass; None when another replica swept just now or is sweeping."""
+        started = time.perf_counter()
+        async with self._pool.acquire() as conn, conn.transaction():
+            locked = await sql.lock_cursor(conn)
+            if locked is None:
+                return None
+            cursor, now = locked
+            if cursor.swept_at is not None and now - cursor.swept_at < self._min_gap:
+                self._report(now, cursor.window_start, cursor.r6_blocked_since, cursor.r6_waiting)
+                return None
+            at, running = await sql.running_transactions(conn)
+            cursor = advance(cursor, at, running)
+            since = cursor.window_start - CLOCK_MARGIN
+            swept = Swept(rechecked=await sql.recheck(conn, since))
+            if self._progress is not None:
+                await sql.note_new_keys(conn, since)
+            await sql.save_cursor(conn, cursor)
+            late = await sql.review_candidates(conn) if self._progress is not None else []
+        self._revoked(swept.rechecked, RULE_RECHECK)
+        blocked_since = None
+        if self._progress is not None:
+            blocked_since = await self._late_keys(self._progress, late, cursor, now, swept)
+        self._report(now, cursor.window_start, blocked_since, swept.waiting)
+        metrics.SWEEP_DURATION.observe(time.perf_counter() - started)
+        return swept
+
+    @property
+    def _min_gap(self) -> timedelta:
+        # Several replicas: whoever comes within most of an interval of the last sweep skips.
+        return timedelta(seconds=self._interval_s * 0.8)
+
+    async def _late_keys(
+        self,
+        progress: GroupProgress,
+        late: list[LateKey],
+        cursor: Cursor,
+        now: datetime,
+        swept: Swept,
+    ) -> datetime | None:
+        """R6: the late keys past their settle delay, once the group has caught up. Returns
+        since when R6 has been waiting for the group (None: it is not)."""
+        due = [key for key in late if settle_cutoff(key.created_at, self._settle) <= now]
+        consumed_before = None
+        if due:
+            try:
+                consumed_before = await progress.consumed_before(
+                    [settle_cutoff(key.created_at, self._settle) for key in due]
+                )
+            except KafkaError as exc:  # unknown progress: wait, never guess
+                log.warning("late_keys.group_progress_unknown", error=type(exc).__name__)
+        allowed = [
+            key.key_id
+            for key in due
+            if group_has_caught_up(key.created_at, self._settle, consumed_before)
+        ]
+        swept.waiting = len(due) - len(allowed)
+        blocked_since = (cursor.r6_blocked_since or now) if swept.waiting else None
+        async with self._pool.acquire() as conn, conn.transaction():
+            swept.late = await sql.revoke_late(conn, allowed)
+            await sql.save_r6_state(conn, blocked_since, swept.waiting)
+        self._revoked(swept.late, RULE_LATE_KEY)
+        if swept.waiting:
+            log.info("late_keys.waiting_for_group", keys=swept.waiting)
+        return blocked_since
+
+    def _revoked(self, revoked: list[Revoked], rule: str) -> None:
+        if not revoked:
+            return
+        reason = keys.REASON_MEMBER_REMOVED if rule == RULE_RECHECK else keys.REASON_ORPHANED
+        metrics.KEYS_REVOKED.labels(reason).inc(len(revoked))
+        metrics.LATE_KEYS_REVOKED.labels(rule).inc(len(revoked))
+        for key in revoked:
+            log.info(
+                "late_keys.revoked",
+                key_id=str(key.key_id),
+                account_id=key.account_id,
+                iam_id=key.iam_id,
+                rule=rule,
+                revoked_by=key.revoked_by,
+            )
+
+    @staticmethod
+    def _report(
+        now: datetime, window_start: datetime, blocked_since: datetime | None, waiting: int
+    ) -> None:
+        metrics.SWEEP_BEHIND.set(max(0.0, (now - window_start).total_seconds()))
+        metrics.LATE_KEYS_WAITING.set(waiting)
+        blocked = 0.0 if blocked_since is None else (now - blocked_since).total_seconds()
+        metrics.LATE_KEYS_BLOCKED.set(max(0.0, blocked))
