@@ -1,0 +1,347 @@
+"""Keys that slip past a removal, through the real broker and database: the R1 re-check and
+R6 late keys (DESIGN §2), with the worker as it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from cleanup_worker.adapters import kafka, memberships
+from cleanup_worker.adapters.group_progress import GroupProgress
+from cleanup_worker.domain.late_keys import late_key_removal, recheck_removal
+from cleanup_worker.domain.rules import derive_membership
+from cleanup_worker.observability import metrics
+from cleanup_worker.service.late_keys import RULE_LATE_KEY, RULE_RECHECK, LateKeySweeper
+from cleanup_worker.settings import Settings
+from tests.integration.helpers import (
+    at,
+    event,
+    eventually,
+    ledger_size,
+    publisher,
+    revoked_keys,
+    running_worker,
+    seed_key,
+)
+
+SETTLE_S = 1.0
+
+
+def late_settings(settings: Settings, **changes: Any) -> Settings:
+    """The test's settings with a short settle delay."""
+    return settings.model_copy(update={"late_key_settle_s": SETTLE_S, **changes})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def create_key(conn: Any, account_id: str, iam_id: str) -> uuid.UUID:
+    """Inserts a key the way a key service does: created_at is the transaction's start."""
+    key_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO api_keys (id, account_id, iam_id, key_hash) VALUES ($1, $2, $3, 'h')",
+        key_id,
+        account_id,
+        iam_id,
+    )
+    return key_id
+
+
+async def wait_for_ledger(db: Any, count: int) -> None:
+    async def done() -> bool:
+        return await ledger_size(db) >= count
+
+    await eventually(done)
+
+
+async def wait_revoked(db: Any, key_id: uuid.UUID, timeout: float) -> None:
+    async def revoked() -> bool:
+        return key_id in await revoked_keys(db)
+
+    await eventually(revoked, timeout=timeout, interval=0.05)
+
+
+def counted(rule: str) -> float:
+    value: float = metrics.LATE_KEYS_REVOKED.labels(rule)._value.get()
+    return value
+
+
+@asynccontextmanager
+async def open_transaction(database_url: str) -> AsyncIterator[Any]:
+    """A key service's connection with a transaction begun (committed by the caller)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        yield conn, transaction
+    finally:
+        await conn.close()
+
+
+async def test_key_committed_after_its_removal_is_revoked_within_two_seconds(
+    settings: Settings, db: Any, database_url: str
+) -> None:
+    """A key whose transaction began before the removal was produced, and committed 3 s
+    after the worker applied it (longer than the sweep's clock margin), is revoked as R1
+    would have within 2 s of its commit."""
+    before = counted(RULE_RECHECK)
+    async with (
+        publisher(settings) as pub,
+        running_worker(settings),
+        open_transaction(database_url) as (key_service, creating),
+    ):
+        key = await create_key(key_service, "acct", "alice")
+        removal = event("removed", "acct", "alice", now())
+        await pub.events([removal])
+        await wait_for_ledger(db, 1)
+        await asyncio.sleep(3)
+        await creating.commit()
+        await wait_revoked(db, key, timeout=2.0)
+    assert await revoked_keys(db) == {key: ("member_removed", removal.ref)}
+    assert counted(RULE_RECHECK) - before == 1
+
+
+async def test_key_created_after_removal_is_revoked_after_settle(
+    settings: Settings, db: Any
+) -> None:
+    """A key created 1 s after its owner's removal was applied, the member still removed, is
+    revoked as orphaned within the settle delay + 2 s, naming the removal."""
+    settings = late_settings(settings)
+    before = counted(RULE_LATE_KEY)
+    async with publisher(settings) as pub, running_worker(settings):
+        removal = event("removed", "acct", "alice", now())
+        await pub.events([removal])
+        await wait_for_ledger(db, 1)
+        await asyncio.sleep(1)
+        key = await create_key(db, "acct", "alice")
+        await wait_revoked(db, key, timeout=SETTLE_S + 2)
+    assert await revoked_keys(db) == {key: ("orphaned", removal.ref)}
+    assert counted(RULE_LATE_KEY) - before == 1
+
+
+async def _split_assignment(
+    worker_consumer: Any, stalled: AIOKafkaConsumer
+) -> tuple[TopicPartition, TopicPartition]:
+    """One partition the worker owns and one the stalled member owns, once both have some."""
+
+    async def split() -> bool:
+        mine, theirs = worker_consumer.assignment(), stalled.assignment()
+        return bool(mine) and bool(theirs) and not (mine & theirs)
+
+    await eventually(split)
+    return min(worker_consumer.assignment()), min(stalled.assignment())
+
+
+async def test_re_add_produced_before_the_key_but_held_back_wins(
+    settings: Settings, db: Any
+) -> None:
+    """A re-add produced before the key was created, on a partition whose group member is
+    stuck, keeps R6 waiting (and saying so); once the re-add is consumed the key never is
+    revoked."""
+    settings = late_settings(settings)
+    async with publisher(settings) as pub, running_worker(settings) as process:
+        assert process.worker is not None
+        # A replica that holds its partitions without consuming them: a stuck member.
+        stalled = AIOKafkaConsumer(
+            settings.kafka_topics[0],
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.kafka_group_id,
+            enable_auto_commit=False,
+        )
+        await stalled.start()
+        try:
+            mine, theirs = await _split_assignment(process.worker.consumer, stalled)
+            removal = event("removed", "acct", "alice", now())
+            await pub.events([removal], partition=mine.partition)
+            await wait_for_ledger(db, 1)
+            await pub.events([event("added", "acct", "alice", now())], partition=theirs.partition)
+            key = await create_key(db, "acct", "alice")
+            await asyncio.sleep(SETTLE_S + 2)
+            assert await revoked_keys(db) == {}
+            assert metrics.LATE_KEYS_WAITING._value.get() >= 1
+        finally:
+            await stalled.stop()  # leaves the group: the worker takes the partition over
+        await wait_for_ledger(db, 2)
+        await asyncio.sleep(SETTLE_S + 2)
+    assert key not in await revoked_keys(db)
+    assert await db.fetchval("SELECT state FROM account_memberships") == "active"
+
+
+async def test_re_add_produced_after_the_settle_delay_loses(settings: Settings, db: Any) -> None:
+    """A key created while its owner was removed is revoked; a re-add produced after the
+    settle delay does not bring it back (by design: the delay bounds how long R6 waits)."""
+    settings = late_settings(settings)
+    async with publisher(settings) as pub, running_worker(settings):
+        removal = event("removed", "acct", "alice", now())
+        await pub.events([removal])
+        await wait_for_ledger(db, 1)
+        key = await create_key(db, "acct", "alice")
+        await wait_revoked(db, key, timeout=SETTLE_S + 2)
+        await pub.events([event("added", "acct", "alice", now())])
+        await wait_for_ledger(db, 2)
+    assert await revoked_keys(db) == {key: ("orphaned", removal.ref)}
+    assert await db.fetchval("SELECT state FROM account_memberships") == "active"
+
+
+async def test_keys_that_appear_while_the_worker_is_down_are_handled_when_it_returns(
+    settings: Settings, db: Any, database_url: str
+) -> None:
+    """A concurrent key committed and a late key created while no worker runs are revoked
+    (R1 re-check, R6) once a worker starts again."""
+    settings = late_settings(settings)
+    async with open_transaction(database_url) as (key_service, creating):
+        concurrent = await create_key(key_service, "acct", "alice")
+        async with publisher(settings) as pub, running_worker(settings):
+            removal = event("removed", "acct", "alice", now())
+            await pub.events([removal])
+            await wait_for_ledger(db, 1)
+        await creating.commit()
+    late = await create_key(db, "acct", "alice")
+    await asyncio.sleep(SETTLE_S)
+    assert await revoked_keys(db) == {}
+    async with running_worker(settings):
+        await wait_revoked(db, concurrent, timeout=10)
+        await wait_revoked(db, late, timeout=10)
+    assert await revoked_keys(db) == {
+        concurrent: ("member_removed", removal.ref),
+        late: ("orphaned", removal.ref),
+    }
+
+
+async def test_three_replicas_revoke_each_late_key_once(
+    settings: Settings, db: Any, database_url: str
+) -> None:
+    """With three replicas in the group, every concurrent and late key is revoked exactly
+    once (counted once, one revoked_by: its member's removal)."""
+    settings = late_settings(settings)
+    members = [("acct", f"user{i}") for i in range(6)]
+    before = counted(RULE_RECHECK) + counted(RULE_LATE_KEY)
+    async with (
+        running_worker(settings),
+        running_worker(settings),
+        running_worker(settings),
+        publisher(settings) as pub,
+        open_transaction(database_url) as (key_service, creating),
+    ):
+        concurrent = {await create_key(key_service, a, u): (a, u) for a, u in members}
+        removals = {(a, u): event("removed", a, u, now()) for a, u in members}
+        await pub.events(removals.values())
+        await wait_for_ledger(db, len(members))
+        await creating.commit()
+        late = {await create_key(db, a, u): (a, u) for a, u in members}
+        owners = {**concurrent, **late}
+
+        async def all_revoked() -> bool:
+            return len(await revoked_keys(db)) == len(owners)
+
+        await eventually(all_revoked, timeout=SETTLE_S + 10)
+        await asyncio.sleep(1)  # any second revocation would be counted by now
+    expected = {
+        key: ("member_removed" if key in concurrent else "orphaned", removals[owner].ref)
+        for key, owner in owners.items()
+    }
+    assert await revoked_keys(db) == expected
+    assert counted(RULE_RECHECK) + counted(RULE_LATE_KEY) - before == len(owners)
+
+
+# --- the sweep's SQL against the pure rules ----------------------------------------------------
+
+
+async def _seed_random_state(db: Any, seed: int) -> list[tuple[uuid.UUID, str, str, datetime]]:
+    """A random ledger, membership rows derived from it (some with a baseline) and keys."""
+    rng = random.Random(seed)
+    members = [("acct", f"u{i}") for i in range(5)]
+    for i in range(25):
+        account, iam = rng.choice(members)
+        change = rng.choice(["added", "removed"])
+        await db.execute(
+            "INSERT INTO membership_events (source, event_id, account_id, iam_id, change, "
+            "event_time, event_type) VALUES ('/s', $1, $2, $3, $4, $5, 'x')",
+            f"e{i}",
+            account,
+            iam,
+            change,
+            at(rng.randrange(0, 10)),
+        )
+    for account, iam in members:
+        if rng.random() < 0.3:
+            await db.execute(
+                "INSERT INTO membership_baselines VALUES ($1, $2, $3, NULL, $4, now())",
+                account,
+                iam,
+                rng.choice(["active", "removed"]),
+                at(rng.randrange(0, 10)),
+            )
+        baselines, histories = await memberships.load_histories(db, [(account, iam)])
+        row = derive_membership(baselines.get((account, iam)), histories[(account, iam)])
+        if row is not None:
+            await db.execute(
+                "INSERT INTO account_memberships VALUES ($1, $2, $3, $4, $5)",
+                account,
+                iam,
+                row.state.value,
+                row.member_since,
+                row.changed_at,
+            )
+    keys = []
+    for _ in range(40):
+        account, iam = rng.choice(members)
+        created = at(rng.randrange(-1, 11) + rng.choice([0, 0.5]))
+        keys.append((await seed_key(db, account, iam, created), account, iam, created))
+    return keys
+
+
+async def _expected(db: Any, keys: list[tuple[uuid.UUID, str, str, datetime]]) -> dict[Any, Any]:
+    expected = {}
+    for key_id, account, iam, created in keys:
+        baselines, histories = await memberships.load_histories(db, [(account, iam)])
+        history = histories[(account, iam)]
+        removal = recheck_removal(created, False, history)
+        if removal is not None:
+            expected[key_id] = ("member_removed", f"event:{removal.source}#{removal.event_id}")
+            continue
+        late = late_key_removal(created, False, baselines.get((account, iam)), history)
+        if late is not None:
+            expected[key_id] = ("orphaned", f"event:{late.source}#{late.event_id}")
+    return expected
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_sweep_sql_decides_as_the_pure_rules(
+    settings: Settings, db: Any, database_url: str, seed: int
+) -> None:
+    """On a random ledger and keys, one sweep (settle 0, the group idle) revokes exactly
+    what domain.late_keys says, with the same reason and revoked_by."""
+    print(f"seed={seed}")
+    keys = await _seed_random_state(db, seed)
+    await db.execute("UPDATE late_key_sweep SET window_start = $1, horizon = $1", at(-60))
+    expected = await _expected(db, keys)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    consumer = kafka.standalone_consumer(settings)
+    admin = AIOKafkaAdminClient(**kafka.client_options(settings))
+    await consumer.start()
+    await admin.start()
+    try:
+        progress = GroupProgress(consumer, admin, settings.kafka_group_id, settings.kafka_topics)
+        sweeper = LateKeySweeper(
+            pool, progress=progress, settle_s=0, interval_s=0.5, retry_max_wait_s=0.5
+        )
+        swept = await sweeper.sweep()
+    finally:
+        await admin.close()
+        await consumer.stop()
+        await pool.close()
+    assert swept is not None
+    assert await revoked_keys(db) == expected
+    assert len(swept.rechecked) + len(swept.late) == len(expected)
