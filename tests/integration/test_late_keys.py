@@ -21,7 +21,12 @@ from cleanup_worker.adapters.group_progress import GroupProgress
 from cleanup_worker.domain.late_keys import late_key_removal, recheck_removal
 from cleanup_worker.domain.rules import derive_membership
 from cleanup_worker.observability import metrics
-from cleanup_worker.service.late_keys import RULE_LATE_KEY, RULE_RECHECK, LateKeySweeper
+from cleanup_worker.service.late_keys import (
+    RULE_LATE_KEY,
+    RULE_RECHECK,
+    LateKeySweeper,
+    Swept,
+)
 from cleanup_worker.settings import Settings
 from tests.integration.helpers import (
     at,
@@ -327,7 +332,19 @@ async def test_sweep_sql_decides_as_the_pure_rules(
     keys = await _seed_random_state(db, seed)
     await db.execute("UPDATE late_key_sweep SET window_start = $1, horizon = $1", at(-60))
     expected = await _expected(db, keys)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    swept = await _sweep_once(settings, database_url)
+    assert swept is not None
+    assert await revoked_keys(db) == expected
+    assert len(swept.rechecked) + len(swept.late) == len(expected)
+
+
+async def _sweep_once(
+    settings: Settings, database_url: str, server_settings: dict[str, str] | None = None
+) -> Swept | None:
+    """One sweep with R6 (settle 0) against the test's group, as the worker would run it."""
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2, server_settings=server_settings
+    )
     consumer = kafka.standalone_consumer(settings)
     admin = AIOKafkaAdminClient(**kafka.client_options(settings))
     await consumer.start()
@@ -337,11 +354,32 @@ async def test_sweep_sql_decides_as_the_pure_rules(
         sweeper = LateKeySweeper(
             pool, progress=progress, settle_s=0, interval_s=0.5, retry_max_wait_s=0.5
         )
-        swept = await sweeper.sweep()
+        return await sweeper.sweep()
     finally:
         await admin.close()
         await consumer.stop()
         await pool.close()
+
+
+async def test_sweep_needs_only_the_worker_roles_grants(
+    settings: Settings, db: Any, database_url: str
+) -> None:
+    """Run as the least-privilege role cleanup_worker, a sweep re-checks and revokes late
+    keys (pg_locks and pg_stat_activity need no privilege)."""
+    await db.execute("UPDATE late_key_sweep SET window_start = $1, horizon = $1", at(-60))
+    await db.execute(
+        "INSERT INTO membership_events (source, event_id, account_id, iam_id, change, "
+        "event_time, event_type) VALUES ('/s', 'r', 'acct', 'alice', 'removed', $1, 'x')",
+        at(5),
+    )
+    await db.execute(
+        "INSERT INTO account_memberships VALUES ('acct', 'alice', 'removed', NULL, $1)", at(5)
+    )
+    concurrent = await seed_key(db, "acct", "alice", at(4))
+    late = await seed_key(db, "acct", "alice", at(6))
+    swept = await _sweep_once(settings, database_url, {"role": "cleanup_worker"})
     assert swept is not None
-    assert await revoked_keys(db) == expected
-    assert len(swept.rechecked) + len(swept.late) == len(expected)
+    assert await revoked_keys(db) == {
+        concurrent: ("member_removed", "event:/s#r"),
+        late: ("orphaned", "event:/s#r"),
+    }

@@ -77,11 +77,18 @@ async def lock_cursor(conn: Connection) -> tuple[Cursor, datetime] | None:
     return cursor, row["now"]
 
 
-# Every transaction running now, but this one: each holds the lock on its own virtual
-# transaction id from its first to its last statement. Taken after the probe's time.
+# Every transaction of this database running now, but this one: each holds the lock on its
+# own virtual transaction id from its first statement to its end. Autovacuum never inserts a
+# key but may run for hours; it is left out when the role may see backend types (with
+# pg_read_all_stats; without it the type reads as null and autovacuum counts, which only
+# holds the window back).
 _RUNNING = """
-SELECT coalesce(array_agg(virtualxid), '{}') FROM pg_locks
-WHERE locktype = 'virtualxid' AND granted AND pid IS DISTINCT FROM pg_backend_pid()
+SELECT coalesce(array_agg(l.virtualxid), '{}')
+FROM pg_locks AS l
+JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'virtualxid' AND l.granted AND l.pid <> pg_backend_pid()
+  AND a.datname = current_database()
+  AND a.backend_type IS DISTINCT FROM 'autovacuum worker'
 """
 
 
