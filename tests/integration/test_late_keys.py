@@ -383,3 +383,40 @@ async def test_sweep_needs_only_the_worker_roles_grants(
         concurrent: ("member_removed", "event:/s#r"),
         late: ("orphaned", "event:/s#r"),
     }
+
+
+async def test_group_progress_counts_every_partition_of_the_group(settings: Settings) -> None:
+    """R6's guard: the latest cutoff before which the group committed past every record, on
+    every partition (one that lags holds it back, an empty one does not)."""
+    base = int(now().timestamp() * 1000) - 3_600_000
+    topic = settings.kafka_topics[0]
+    async with publisher(settings) as pub:
+        for partition, offsets in ((0, (1000, 2000, 3000)), (1, (1500,))):
+            for ts in offsets:
+                await pub.producer.send_and_wait(
+                    topic, b"x", partition=partition, timestamp_ms=base + ts
+                )
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.kafka_group_id,
+        enable_auto_commit=False,
+    )
+    await committer.start()
+    consumer = kafka.standalone_consumer(settings)
+    admin = AIOKafkaAdminClient(**kafka.client_options(settings))
+    await consumer.start()
+    await admin.start()
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    committer.assign([p0, p1])
+    cutoffs = [datetime.fromtimestamp((base + ms) / 1000, UTC) for ms in (1500, 1600, 2500, 3500)]
+    try:
+        progress = GroupProgress(consumer, admin, settings.kafka_group_id, [topic])
+        assert await progress.consumed_before(cutoffs) is None  # nothing committed yet
+        await committer.commit({p0: 2, p1: 0})
+        assert await progress.consumed_before(cutoffs) == cutoffs[0]  # p1 holds 1600 back
+        await committer.commit({p0: 2, p1: 1})
+        assert await progress.consumed_before(cutoffs) == cutoffs[2]  # p0 holds 3500 back
+    finally:
+        await admin.close()
+        await consumer.stop()
+        await committer.stop()

@@ -70,10 +70,12 @@ class GroupProgress:
                     return False
             return True
 
-        if await caught_up(ordered[-1]):
+        # The oldest first: while the group lags far behind, one question settles it.
+        if not await caught_up(ordered[0]):
+            return None
+        if len(ordered) == 1 or await caught_up(ordered[-1]):
             return ordered[-1]
-        best: datetime | None = None
-        lo, hi = 0, len(ordered) - 2
+        best, lo, hi = ordered[0], 1, len(ordered) - 2
         while lo <= hi:
             mid = (lo + hi) // 2
             if await caught_up(ordered[mid]):

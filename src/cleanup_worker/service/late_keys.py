@@ -34,6 +34,9 @@ RULE_LATE_KEY = "r6_late_key"
 # Keys are looked at again a little before the window: a key service that sets created_at
 # from its own clock may be a little behind the database's.
 CLOCK_MARGIN = timedelta(seconds=2)
+# R6 asks the brokers at most this long per sweep: the next sweep (and its re-check) waits for
+# this one, and a broker that does not answer must not hold the re-check back.
+GROUP_PROGRESS_TIMEOUT_S = 2.0
 
 
 def advance(cursor: Cursor, at: datetime, running: frozenset[str]) -> Cursor:
@@ -104,14 +107,16 @@ class LateKeySweeper:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            pause = self._interval_s
             try:
                 await self._sweep_retrying()
             except Exception as exc:  # noqa: BLE001 - the consumer must go on; logged, measured
-                # Not transient (a bug, a missing grant): the next sweep tries again, and
+                # Not transient (a bug, a missing grant): try again later, and
                 # cleanup_late_key_sweep_behind_seconds shows that the sweep is stuck.
                 log.error("late_keys.sweep_failed", error=type(exc).__name__)
+                pause = max(pause, self._retry_max_wait_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+                await asyncio.wait_for(self._stopping.wait(), pause)
 
     async def _sweep_retrying(self) -> Swept | None:
         async for attempt in retrying(
@@ -167,10 +172,11 @@ class LateKeySweeper:
         consumed_before = None
         if due:
             try:
-                consumed_before = await progress.consumed_before(
-                    [settle_cutoff(key.created_at, self._settle) for key in due]
-                )
-            except KafkaError as exc:  # unknown progress: wait, never guess
+                async with asyncio.timeout(GROUP_PROGRESS_TIMEOUT_S):
+                    consumed_before = await progress.consumed_before(
+                        [settle_cutoff(key.created_at, self._settle) for key in due]
+                    )
+            except (KafkaError, TimeoutError) as exc:  # unknown progress: wait, never guess
                 log.warning("late_keys.group_progress_unknown", error=type(exc).__name__)
         allowed = [
             key.key_id
@@ -179,11 +185,13 @@ class LateKeySweeper:
         ]
         swept.waiting = len(due) - len(allowed)
         blocked_since = (cursor.r6_blocked_since or now) if swept.waiting else None
-        async with self._pool.acquire() as conn, conn.transaction():
-            swept.late = await sql.revoke_late(conn, allowed)
-            await sql.save_r6_state(conn, blocked_since, swept.waiting)
+        unchanged = (blocked_since, swept.waiting) == (cursor.r6_blocked_since, cursor.r6_waiting)
+        if allowed or not unchanged:
+            async with self._pool.acquire() as conn, conn.transaction():
+                swept.late = await sql.revoke_late(conn, allowed)
+                await sql.save_r6_state(conn, blocked_since, swept.waiting)
         self._revoked(swept.late, RULE_LATE_KEY)
-        if swept.waiting:
+        if swept.waiting and cursor.r6_blocked_since is None:  # once, as it starts waiting
             log.info("late_keys.waiting_for_group", keys=swept.waiting)
         return blocked_since
 
