@@ -20,7 +20,6 @@ from cleanup_worker.adapters import kafka, memberships
 from cleanup_worker.adapters.group_progress import GroupProgress
 from cleanup_worker.domain.late_keys import late_key_removal, recheck_removal
 from cleanup_worker.domain.rules import derive_membership
-from cleanup_worker.observability import metrics
 from cleanup_worker.service.late_keys import (
     RULE_LATE_KEY,
     RULE_RECHECK,
@@ -28,16 +27,12 @@ from cleanup_worker.service.late_keys import (
     Swept,
 )
 from cleanup_worker.settings import Settings
-from tests.integration.helpers import (
-    at,
-    event,
-    eventually,
-    ledger_size,
-    publisher,
-    revoked_keys,
-    running_worker,
-    seed_key,
-)
+from tests.support.database import ledger_size, revoked_keys, seed_key
+from tests.support.events import at, event
+from tests.support.kafka import publisher
+from tests.support.metrics import sample
+from tests.support.processes import running_worker
+from tests.support.waiting import eventually
 
 SETTLE_S = 1.0
 
@@ -78,8 +73,7 @@ async def wait_revoked(db: Any, key_id: uuid.UUID, timeout: float) -> None:
 
 
 def counted(rule: str) -> float:
-    value: float = metrics.LATE_KEYS_REVOKED.labels(rule)._value.get()
-    return value
+    return sample("cleanup_late_keys_revoked_total", {"rule": rule})
 
 
 @asynccontextmanager
@@ -174,7 +168,7 @@ async def test_re_add_produced_before_the_key_but_held_back_wins(
             key = await create_key(db, "acct", "alice")
             await asyncio.sleep(SETTLE_S + 2)
             assert await revoked_keys(db) == {}
-            assert metrics.LATE_KEYS_WAITING._value.get() >= 1
+            assert sample("cleanup_late_keys_waiting") >= 1
         finally:
             await stalled.stop()  # leaves the group: the worker takes the partition over
         await wait_for_ledger(db, 2)
