@@ -96,8 +96,10 @@ def build_handler(
     )
 
 
-async def start_sweeper(settings: Settings, pool: Pool, stack: AsyncExitStack) -> LateKeySweeper:
-    """The late-key sweep, started, with R6's clients to the brokers unless R6 is off."""
+async def late_key_sweeper(
+    settings: Settings, pool: Pool, stack: AsyncExitStack, relay: NoticeRelay | None
+) -> LateKeySweeper:
+    """The late-key sweep, with R6's clients to the brokers (started) unless R6 is off."""
     progress = None
     if settings.late_keys == "revoke":
         consumer = kafka.standalone_consumer(settings)
@@ -111,16 +113,15 @@ async def start_sweeper(settings: Settings, pool: Pool, stack: AsyncExitStack) -
         stack.push_async_callback(consumer.stop)
         stack.push_async_callback(admin.close)
         progress = GroupProgress(consumer, admin, settings.kafka_group_id, settings.kafka_topics)
-    sweeper = LateKeySweeper(
+    return LateKeySweeper(
         pool,
         progress=progress,
         settle_s=settings.late_key_settle_s,
         interval_s=settings.late_key_sweep_interval_s,
         retry_max_wait_s=settings.retry_max_wait_s,
+        announce=settings.announce_revocations,
+        on_revoked=relay.wake if relay else None,
     )
-    await sweeper.start()
-    stack.push_async_callback(sweeper.stop)
-    return sweeper
 
 
 async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStack) -> Consuming:
@@ -128,7 +129,6 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     # One connection more for the late-key sweep.
     pool = await postgres.create_pool(settings, max_size=settings.database_pool_size + 1)
     stack.push_async_callback(pool.close)
-    await start_sweeper(settings, pool, stack)
     producer = await start_producer(settings, stack)
     dead_letters = DeadLetterPublisher(
         producer,
@@ -139,6 +139,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
         on_flowing=health.dead_letters_flowing,
     )
     relay = await notice_relay(settings, producer, stack)
+    sweeper = await late_key_sweeper(settings, pool, stack, relay)
     worker = Worker(
         consumer=kafka.group_consumer(settings),
         handler=build_handler(settings, pool, dead_letters, health, relay),
@@ -154,7 +155,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     return Consuming(
         worker=worker,
         ping_database=partial(postgres.ping, pool),
-        companions=(relay,) if relay else (),
+        companions=(sweeper, relay) if relay else (sweeper,),
     )
 
 

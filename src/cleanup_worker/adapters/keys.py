@@ -1,4 +1,5 @@
-"""SQL that revokes API keys. Every revocation in the product goes through this module (R1, R5).
+"""SQL that revokes API keys. Every revocation in the product goes through this module: R1,
+its re-check, R5 and R6.
 
 With notices on (CLEANUP_REVOCATIONS_TOPIC), each revoking statement also writes one
 `revocation_outbox` row per key it revoked, from its own RETURNING: the same statement, so
@@ -9,8 +10,12 @@ the plain ones: no outbox, no cost.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
+
+import asyncpg
 
 from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.domain.events import MembershipEvent
@@ -157,3 +162,108 @@ async def revoke_orphans(
         _REVOKE_ORPHANS_SQL[memberships][announce], list(key_ids), revoked_by, REASON_ORPHANED
     )
     return revoked
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedKey:
+    """A key the late-key sweep revoked: enough to log it, never its hash."""
+
+    key_id: UUID
+    account_id: str
+    iam_id: str
+    revoked_by: str
+
+
+def _revoked_keys(rows: Sequence[asyncpg.Record]) -> list[RevokedKey]:
+    return [RevokedKey(r["id"], r["account_id"], r["iam_id"], r["revoked_by"]) for r in rows]
+
+
+_SWEPT_COLUMNS = "k.id, k.account_id, k.iam_id, k.revoked_by"
+
+# The R1 re-check (domain.late_keys.recheck_removal) of the live keys created since `$1`: the
+# earliest removal in the ledger with T >= created_at names the revocation, and its time is
+# the notice's event time, as for R1.
+_RECHECK = _with_and_without_notices(
+    """
+WITH covered AS (
+    SELECT k.id, r.ref, r.event_time
+    FROM api_keys AS k
+    CROSS JOIN LATERAL (
+        SELECT 'event:' || e.source || '#' || e.event_id AS ref, e.event_time
+        FROM membership_events AS e
+        WHERE e.account_id = k.account_id AND e.iam_id = k.iam_id
+          AND e.change = 'removed' AND e.event_time >= k.created_at
+        ORDER BY e.event_time, e.event_id, e.source
+        LIMIT 1
+    ) AS r
+    WHERE k.revoked_at IS NULL AND k.created_at >= $1
+), revoked AS (
+    UPDATE api_keys AS k
+    SET revoked_at = now(), revocation_reason = 'member_removed', revoked_by = covered.ref
+    FROM covered
+    WHERE k.id = covered.id AND k.revoked_at IS NULL
+    RETURNING {returning}
+){announce}
+SELECT id, account_id, iam_id, revoked_by FROM revoked
+""",
+    plain=_SWEPT_COLUMNS,
+    event_time="covered.event_time",
+)
+
+
+async def recheck_recent_keys(
+    conn: Connection, since: datetime, *, announce: bool
+) -> list[RevokedKey]:
+    """R1 re-check of the live keys created at or after `since`. `announce`: also write
+    their notices to the outbox."""
+    return _revoked_keys(await conn.fetch(_RECHECK[announce], since))
+
+
+# R6 (domain.late_keys.late_key_removal) for the candidates of `late_key_candidates`: the key
+# is live, the member is removed, its latest removal is in the ledger (the row's changed_at
+# is that removal's time) and the key was created after it.
+LATE_KEYS_SQL = """
+SELECT c.key_id, k.created_at, r.ref
+FROM late_key_candidates AS c
+JOIN api_keys AS k ON k.id = c.key_id AND k.revoked_at IS NULL
+JOIN account_memberships AS m
+  ON m.account_id = k.account_id AND m.iam_id = k.iam_id AND m.state = 'removed'
+CROSS JOIN LATERAL (
+    SELECT 'event:' || e.source || '#' || e.event_id AS ref, e.event_time
+    FROM membership_events AS e
+    WHERE e.account_id = k.account_id AND e.iam_id = k.iam_id AND e.change = 'removed'
+    ORDER BY e.event_time DESC, e.event_id DESC, e.source DESC
+    LIMIT 1
+) AS r
+WHERE r.event_time = m.changed_at AND k.created_at > r.event_time
+"""
+
+# No event asked for an R6 revocation when it happens, so, as for the backfill, the notice's
+# event time is the revocation's.
+_REVOKE_LATE = _with_and_without_notices(
+    f"""
+WITH late AS ({LATE_KEYS_SQL} AND c.key_id = ANY($1::uuid[])),
+revoked AS (
+    UPDATE api_keys AS k
+    SET revoked_at = now(), revocation_reason = 'orphaned', revoked_by = late.ref
+    FROM late
+    WHERE k.id = late.key_id AND k.revoked_at IS NULL
+    RETURNING {{returning}}
+){{announce}}, forgotten AS (
+    DELETE FROM late_key_candidates WHERE key_id IN (SELECT id FROM revoked)
+)
+SELECT id, account_id, iam_id, revoked_by FROM revoked
+""",
+    plain=_SWEPT_COLUMNS,
+    event_time="k.revoked_at",
+)
+
+
+async def revoke_late_keys(
+    conn: Connection, key_ids: Sequence[UUID], *, announce: bool
+) -> list[RevokedKey]:
+    """R6: revokes those of `key_ids` that are still late, checked again as it writes.
+    `announce`: also write their notices to the outbox."""
+    if not key_ids:
+        return []
+    return _revoked_keys(await conn.fetch(_REVOKE_LATE[announce], list(key_ids)))

@@ -1,7 +1,7 @@
-"""SQL of the late-key sweep: its shared cursor, the R1 re-check and R6 (DESIGN §2).
+"""SQL of the late-key sweep (DESIGN §2): its shared cursor, and R6's candidates.
 
-The decisions mirror domain/late_keys.py (recheck_removal, late_key_removal), which is the
-spec; the tests hold the two together. Migration 0008 explains the cursor.
+The revoking statements are in keys.py, with every other revocation. Migration 0008
+explains the cursor.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
-
-from cleanup_worker.adapters.keys import REASON_MEMBER_REMOVED, REASON_ORPHANED
+from cleanup_worker.adapters.keys import LATE_KEYS_SQL
 from cleanup_worker.adapters.postgres import Connection
 
 
@@ -29,16 +27,6 @@ class Cursor:
     swept_at: datetime | None
     r6_blocked_since: datetime | None
     r6_waiting: int
-
-
-@dataclass(frozen=True, slots=True)
-class Revoked:
-    """A key the sweep revoked: enough to log it, never its hash."""
-
-    key_id: UUID
-    account_id: str
-    iam_id: str
-    revoked_by: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,39 +112,6 @@ async def save_r6_state(conn: Connection, blocked_since: datetime | None, waitin
     )
 
 
-# R1 re-check (domain.late_keys.recheck_removal) over the live keys created since `$1`:
-# the earliest removal in the ledger with T >= created_at names the revocation.
-_RECHECK = f"""
-WITH covered AS (
-    SELECT k.id, r.ref
-    FROM api_keys AS k
-    CROSS JOIN LATERAL (
-        SELECT 'event:' || e.source || '#' || e.event_id AS ref
-        FROM membership_events AS e
-        WHERE e.account_id = k.account_id AND e.iam_id = k.iam_id
-          AND e.change = 'removed' AND e.event_time >= k.created_at
-        ORDER BY e.event_time, e.event_id, e.source
-        LIMIT 1
-    ) AS r
-    WHERE k.revoked_at IS NULL AND k.created_at >= $1
-)
-UPDATE api_keys AS k
-SET revoked_at = now(), revocation_reason = '{REASON_MEMBER_REMOVED}', revoked_by = covered.ref
-FROM covered
-WHERE k.id = covered.id AND k.revoked_at IS NULL
-RETURNING k.id, k.account_id, k.iam_id, k.revoked_by
-"""
-
-
-def _revoked(rows: Sequence[asyncpg.Record]) -> list[Revoked]:
-    return [Revoked(r["id"], r["account_id"], r["iam_id"], r["revoked_by"]) for r in rows]
-
-
-async def recheck(conn: Connection, since: datetime) -> list[Revoked]:
-    """R1 re-check of the live keys created at or after `since`."""
-    return _revoked(await conn.fetch(_RECHECK, since))
-
-
 # A cheap first filter; `_LATE` decides. Keys of members removed only by a baseline pass it
 # and are dropped at the next review.
 _NOTE_FROM_KEYS = """
@@ -199,54 +154,13 @@ async def note_removed_members(
         )
 
 
-# R6 (domain.late_keys.late_key_removal) for the candidates: the key is live, the member is
-# removed, its latest removal is in the ledger (the row's changed_at is that removal's time)
-# and the key was created after it.
-_LATE = """
-SELECT c.key_id, k.created_at, r.ref
-FROM late_key_candidates AS c
-JOIN api_keys AS k ON k.id = c.key_id AND k.revoked_at IS NULL
-JOIN account_memberships AS m
-  ON m.account_id = k.account_id AND m.iam_id = k.iam_id AND m.state = 'removed'
-CROSS JOIN LATERAL (
-    SELECT 'event:' || e.source || '#' || e.event_id AS ref, e.event_time
-    FROM membership_events AS e
-    WHERE e.account_id = k.account_id AND e.iam_id = k.iam_id AND e.change = 'removed'
-    ORDER BY e.event_time DESC, e.event_id DESC, e.source DESC
-    LIMIT 1
-) AS r
-WHERE r.event_time = m.changed_at AND k.created_at > r.event_time
-"""
-
 _FORGET_NOT_LATE = f"""
 DELETE FROM late_key_candidates
-WHERE key_id NOT IN (SELECT key_id FROM ({_LATE}) AS late)
+WHERE key_id NOT IN (SELECT key_id FROM ({LATE_KEYS_SQL}) AS late)
 """
 
 
 async def review_candidates(conn: Connection) -> list[LateKey]:
     """Drops the candidates that are no longer late; returns those that still are."""
     await conn.execute(_FORGET_NOT_LATE)
-    return [LateKey(r["key_id"], r["created_at"]) for r in await conn.fetch(_LATE)]
-
-
-_REVOKE_LATE = f"""
-WITH late AS ({_LATE} AND c.key_id = ANY($1::uuid[])),
-revoked AS (
-    UPDATE api_keys AS k
-    SET revoked_at = now(), revocation_reason = '{REASON_ORPHANED}', revoked_by = late.ref
-    FROM late
-    WHERE k.id = late.key_id AND k.revoked_at IS NULL
-    RETURNING k.id, k.account_id, k.iam_id, k.revoked_by
-), forgotten AS (
-    DELETE FROM late_key_candidates WHERE key_id IN (SELECT id FROM revoked)
-)
-SELECT * FROM revoked
-"""
-
-
-async def revoke_late(conn: Connection, key_ids: Sequence[UUID]) -> list[Revoked]:
-    """R6: revokes those of `key_ids` that are still late, checked again as it writes."""
-    if not key_ids:
-        return []
-    return _revoked(await conn.fetch(_REVOKE_LATE, list(key_ids)))
+    return [LateKey(r["key_id"], r["created_at"]) for r in await conn.fetch(LATE_KEYS_SQL)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -18,7 +19,8 @@ from aiokafka.errors import KafkaError
 from cleanup_worker.adapters import keys
 from cleanup_worker.adapters import late_keys as sql
 from cleanup_worker.adapters.group_progress import GroupProgress
-from cleanup_worker.adapters.late_keys import Cursor, LateKey, Revoked
+from cleanup_worker.adapters.keys import RevokedKey
+from cleanup_worker.adapters.late_keys import Cursor, LateKey
 from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.adapters.sqlstate import is_transient
 from cleanup_worker.domain.late_keys import group_has_caught_up, settle_cutoff
@@ -66,13 +68,13 @@ def advance(cursor: Cursor, at: datetime, running: frozenset[str]) -> Cursor:
 class Swept:
     """What one sweep did."""
 
-    rechecked: list[Revoked] = field(default_factory=list)
-    late: list[Revoked] = field(default_factory=list)
+    rechecked: list[RevokedKey] = field(default_factory=list)
+    late: list[RevokedKey] = field(default_factory=list)
     waiting: int = 0
 
 
 class LateKeySweeper:
-    """A task beside the consumer, with an explicit lifecycle: `start`, then `stop`."""
+    """A companion of the consumer (service/process.py): `run` sweeps until `request_stop`."""
 
     def __init__(
         self,
@@ -82,30 +84,26 @@ class LateKeySweeper:
         settle_s: float,
         interval_s: float,
         retry_max_wait_s: float,
+        announce: bool = False,
+        on_revoked: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._progress = progress  # None: R6 is off
         self._settle = timedelta(seconds=settle_s)
         self._interval_s = interval_s
         self._retry_max_wait_s = retry_max_wait_s
-        self._task: asyncio.Task[None] | None = None
+        self._announce = announce  # notices to the outbox (DESIGN §4b)
+        self._on_revoked = on_revoked  # their notices wait in the outbox: wake the relay
         self._stopping = asyncio.Event()
         metrics.LATE_KEY_SETTLE.set(settle_s)
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="late-key-sweep")
-        log.info("late_keys.started", r6=self._progress is not None, interval_s=self._interval_s)
-
-    async def stop(self) -> None:
-        """Ends the loop; a sweep in progress is cancelled (its transaction rolls back)."""
+    def request_stop(self) -> None:
+        """Ends the loop after the sweep in progress (the process cancels it if it is slow:
+        its transaction then rolls back and the next sweep does the work)."""
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        log.info("late_keys.stopped")
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        log.info("late_keys.started", r6=self._progress is not None, interval_s=self._interval_s)
         while not self._stopping.is_set():
             pause = self._interval_s
             try:
@@ -117,6 +115,7 @@ class LateKeySweeper:
                 pause = max(pause, self._retry_max_wait_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), pause)
+        log.info("late_keys.stopped")
 
     async def _sweep_retrying(self) -> Swept | None:
         async for attempt in retrying(
@@ -140,7 +139,9 @@ class LateKeySweeper:
             at, running = await sql.running_transactions(conn)
             cursor = advance(cursor, at, running)
             since = cursor.window_start - CLOCK_MARGIN
-            swept = Swept(rechecked=await sql.recheck(conn, since))
+            swept = Swept(
+                rechecked=await keys.recheck_recent_keys(conn, since, announce=self._announce)
+            )
             if self._progress is not None:
                 await sql.note_new_keys(conn, since)
             await sql.save_cursor(conn, cursor)
@@ -188,16 +189,18 @@ class LateKeySweeper:
         unchanged = (blocked_since, swept.waiting) == (cursor.r6_blocked_since, cursor.r6_waiting)
         if allowed or not unchanged:
             async with self._pool.acquire() as conn, conn.transaction():
-                swept.late = await sql.revoke_late(conn, allowed)
+                swept.late = await keys.revoke_late_keys(conn, allowed, announce=self._announce)
                 await sql.save_r6_state(conn, blocked_since, swept.waiting)
         self._revoked(swept.late, RULE_LATE_KEY)
         if swept.waiting and cursor.r6_blocked_since is None:  # once, as it starts waiting
             log.info("late_keys.waiting_for_group", keys=swept.waiting)
         return blocked_since
 
-    def _revoked(self, revoked: list[Revoked], rule: str) -> None:
+    def _revoked(self, revoked: list[RevokedKey], rule: str) -> None:
         if not revoked:
             return
+        if self._on_revoked is not None:
+            self._on_revoked()
         reason = keys.REASON_MEMBER_REMOVED if rule == RULE_RECHECK else keys.REASON_ORPHANED
         metrics.KEYS_REVOKED.labels(reason).inc(len(revoked))
         metrics.LATE_KEYS_REVOKED.labels(rule).inc(len(revoked))
