@@ -80,6 +80,14 @@ async def test_preexisting_member_row_keeps_its_member_since(settings: Settings,
     assert tuple(row) == ("active", at(-100), at(50))
 
 
+def without_r6(settings: Settings) -> Settings:
+    """These histories are dated in the past and produced all at once, so R6's guard (which
+    waits for what was *produced* before a key's settle cutoff) cannot hold a re-add's place:
+    R6 would revoke keys whose re-add is still on its way, depending on timing. R1 and its
+    re-check are what the oracle compares; R6 is tested in test_late_keys.py."""
+    return settings.model_copy(update={"late_keys": "off"})
+
+
 def _random_history(seed: int) -> tuple[list[MembershipEvent], list[tuple[str, str, Any]]]:
     rng = random.Random(seed)
     members = [(f"a{a}", f"u{u}") for a in range(3) for u in range(4)]
@@ -98,6 +106,7 @@ async def test_any_order_over_partitions_matches_the_oracle(
 ) -> None:
     """Events of the same members spread over partitions, shuffled and duplicated, end in the
     oracle's revoked set and membership rows."""
+    settings = without_r6(settings)
     events, key_specs = _random_history(seed)
     facts = []
     for account, iam, created in key_specs:
@@ -118,6 +127,7 @@ async def test_any_order_over_partitions_matches_the_oracle(
 
 async def test_two_workers_in_one_group_end_right(settings: Settings, db: Any) -> None:
     """Two replicas sharing the partitions apply every event exactly as one would."""
+    settings = without_r6(settings)
     events, key_specs = _random_history(7)
     facts = []
     for account, iam, created in key_specs:
