@@ -4,6 +4,7 @@ R6 late keys (DESIGN §2), with the worker as it runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from cleanup_worker.service.late_keys import (
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, event
-from tests.support.kafka import publisher
+from tests.support.kafka import create_topic, publisher, read_topic
 from tests.support.metrics import sample
 from tests.support.processes import running_worker
 from tests.support.waiting import eventually
@@ -414,3 +415,35 @@ async def test_group_progress_counts_every_partition_of_the_group(settings: Sett
         await admin.close()
         await consumer.stop()
         await committer.stop()
+
+
+async def test_late_key_revocations_are_announced(
+    settings: Settings, db: Any, database_url: str
+) -> None:
+    """With notices on, a key revoked by the re-check and one revoked by R6 are each
+    announced once, with their reason and revoked_by (DESIGN §4b)."""
+    topic = await create_topic(settings, f"test-notices-{uuid.uuid4().hex[:12]}")
+    settings = late_settings(settings, revocations_topic=topic)
+    async with (
+        publisher(settings) as pub,
+        running_worker(settings),
+        open_transaction(database_url) as (key_service, creating),
+    ):
+        concurrent = await create_key(key_service, "acct", "alice")
+        removal = event("removed", "acct", "alice", now())
+        await pub.events([removal])
+        await wait_for_ledger(db, 1)
+        await creating.commit()
+        late = await create_key(db, "acct", "alice")
+
+        async def announced() -> bool:
+            return len(await read_topic(settings, topic)) >= 2
+
+        await eventually(announced, timeout=SETTLE_S + 10)
+    notices = [json.loads(record.value) for record in await read_topic(settings, topic)]
+    announced_as = sorted(
+        (n["subject"], n["data"]["reason"], n["data"]["revoked_by"]) for n in notices
+    )
+    assert announced_as == sorted(
+        [(str(concurrent), "member_removed", removal.ref), (str(late), "orphaned", removal.ref)]
+    )
