@@ -5,7 +5,9 @@
 1. Consumer throughput with the sweep on (R1 re-check and R6, settle --settle) against the
    same run with it off (CLEANUP_LATE_KEYS=off, one sweep a minute), trials alternating
    (off, on, on, off, ...), each on a removal stream of its own (~5 keys per user) while a
-   key service creates --key-rate keys/s for removed users (late keys: R6's work).
+   key service creates --key-rate keys/s for removed users (late keys: R6's work). Besides
+   events/s, the CPU time of the worker and its PostgreSQL backends per event: on a machine
+   shared with other work, wall-clock rates vary by tens of percent between trials.
 2. At a steady --rate removals/s: concurrent keys (their transaction begins before their
    removal is produced and commits --hold seconds after), commit -> revocation, and late
    keys (created for members removed a second earlier), creation -> revocation - settle.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -24,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import psutil
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -94,24 +98,77 @@ async def key_service(pool: Any, prefix: str, users: int, rate: float) -> None:
         await asyncio.sleep(1 / rate)
 
 
+class CpuMeter:
+    """CPU seconds of the worker process and of the PostgreSQL backends serving it (found by
+    database and application name), so that a busy shared machine skews cost less than
+    wall-clock rates. Backends are sampled until the end, so pool connections opened during
+    the run count from their start."""
+
+    def __init__(self, db: Any, pid: int) -> None:
+        self._db = db
+        self._worker = psutil.Process(pid)
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+
+    @staticmethod
+    def _cpu(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    async def _sample(self) -> dict[int, float]:
+        pids = await self._db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'cleanup-worker'"
+        )
+        found = {}
+        for row in pids:
+            with contextlib.suppress(psutil.Error):
+                found[row["pid"]] = self._cpu(psutil.Process(row["pid"]))
+        with contextlib.suppress(psutil.Error):
+            found[-1] = self._cpu(self._worker)
+        return found
+
+    async def start(self) -> None:
+        self._start = await self._sample()
+        self._last = dict(self._start)
+
+    async def sample(self) -> None:
+        self._last.update(await self._sample())
+
+    def seconds(self) -> float:
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+
+
 async def throughput(
     args: argparse.Namespace, bootstrap: str, db_url: str, db: Any, pool: Any, trial: int, on: bool
-) -> tuple[float, float]:
-    """Events/s of `cleanup-worker run` on a fresh stream, and its sweeps' total seconds."""
+) -> tuple[float, float, float]:
+    """Events/s of `cleanup-worker run` on a fresh stream, CPU ms per 1000 events (worker and
+    its backends), and its sweeps' total seconds."""
     n, prefix = args.events, f"t{trial}u"
     topic = await new_topic(bootstrap)
     await seed_keys(db, n, prefix=prefix)
     await publish(bootstrap, topic, [removal(u, T_REMOVED, prefix=prefix) for u in range(n)])
     extra = {"CLEANUP_LATE_KEY_SETTLE_S": str(args.settle)} if on else OFF
     async with Worker(worker_env(bootstrap, db_url, topic, extra), args.worker_log) as worker:
+        meter = CpuMeter(db, worker.process.pid)
+        await meter.start()
         creating = asyncio.create_task(key_service(pool, prefix, n, args.key_rate))
+        sampling = asyncio.create_task(sample_every(meter, 0.5))
         try:
             first, last, first_count = await wait_for_applied(worker.port, n, timeout=600)
         finally:
             creating.cancel()
+            sampling.cancel()
+        await meter.sample()
         sweeps = await metric_values(worker.port, "cleanup_late_key_sweep_duration_seconds")
     swept_s = sum(v for k, v in sweeps.items() if "_sum" in k)
-    return (n - first_count) / (last - first), swept_s
+    return (n - first_count) / (last - first), meter.seconds() / n * 1e6, swept_s
+
+
+async def sample_every(meter: CpuMeter, seconds: float) -> None:
+    while True:
+        await meter.sample()
+        await asyncio.sleep(seconds)
 
 
 async def steady(
@@ -218,19 +275,23 @@ async def main(args: argparse.Namespace) -> None:
         db = await asyncpg.connect(db_url)
         pool = await asyncpg.create_pool(db_url, min_size=2, max_size=40)
         rates: dict[bool, list[float]] = {False: [], True: []}
+        costs: dict[bool, list[float]] = {False: [], True: []}
         order = [trial % 4 in (1, 2) for trial in range(2 * args.trials)]  # off on on off ...
         for trial, on in enumerate(order):
-            rate, swept_s = await throughput(args, bootstrap, db_url, db, pool, trial, on)
+            rate, cost, swept_s = await throughput(args, bootstrap, db_url, db, pool, trial, on)
             rates[on].append(rate)
+            costs[on].append(cost)
             print(
-                f"  trial {trial + 1} sweep {'on ' if on else 'off'}: {rate:,.0f} events/s "
-                f"({args.events} events; sweeps took {swept_s:.2f} s in all)"
+                f"  trial {trial + 1} sweep {'on ' if on else 'off'}: {rate:,.0f} events/s, "
+                f"{cost:.0f} CPU ms per 1000 events ({args.events} events; sweeps took "
+                f"{swept_s:.2f} s in all)"
             )
         found = await steady(args, bootstrap, db_url, db, pool)
         await pool.close()
         await db.close()
 
     off_rate, on_rate = statistics.median(rates[False]), statistics.median(rates[True])
+    off_cost, on_cost = statistics.median(costs[False]), statistics.median(costs[True])
     recheck, late = found["recheck"], found["late"]
     print(f"  revocations by rule: {found['by_rule']}")
     print(
@@ -243,6 +304,9 @@ async def main(args: argparse.Namespace) -> None:
         ("throughput, sweep on >= 90% of off",
          f"{on_rate / off_rate:.0%} ({on_rate:,.0f} vs {off_rate:,.0f}/s)",
          on_rate >= 0.9 * off_rate),
+        ("CPU per event, sweep off / on (>= 90%)",
+         f"{off_cost / on_cost:.0%} ({on_cost:.0f} vs {off_cost:.0f} ms/1000)",
+         off_cost >= 0.9 * on_cost),
         (f"re-check p99 commit->revoked <= 2 s ({found['concurrent']} keys)",
          f"p50 {q(recheck, 0.5):.2f} s, p99 {q(recheck, 0.99):.2f} s",
          len(recheck) == found["concurrent"] and q(recheck, 0.99) <= 2),

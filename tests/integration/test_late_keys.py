@@ -9,7 +9,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,7 @@ from cleanup_worker.adapters.group_progress import GroupProgress
 from cleanup_worker.domain.late_keys import late_key_removal, recheck_removal
 from cleanup_worker.domain.rules import derive_membership
 from cleanup_worker.service.late_keys import (
+    CLOCK_MARGIN,
     RULE_LATE_KEY,
     RULE_RECHECK,
     LateKeySweeper,
@@ -128,6 +129,23 @@ async def test_key_created_after_removal_is_revoked_after_settle(
         await wait_revoked(db, key, timeout=SETTLE_S + 2)
     assert await revoked_keys(db) == {key: ("orphaned", removal.ref)}
     assert counted(RULE_LATE_KEY) - before == 1
+
+
+async def test_removal_that_arrives_after_a_later_key_makes_it_late(
+    settings: Settings, db: Any
+) -> None:
+    """A removal dated before a key, arriving after the sweep has looked at the key for the
+    last time, still makes the key late: revoked as orphaned after the settle delay."""
+    settings = late_settings(settings)
+    async with publisher(settings) as pub, running_worker(settings):
+        key = await create_key(db, "acct", "alice")
+        created = await db.fetchval("SELECT created_at FROM api_keys WHERE id = $1", key)
+        await asyncio.sleep(CLOCK_MARGIN.total_seconds() + 3)  # past the sweep's window
+        removal = event("removed", "acct", "alice", created - timedelta(seconds=1))
+        await pub.events([removal])
+        await wait_for_ledger(db, 1)
+        await wait_revoked(db, key, timeout=SETTLE_S + 2)
+    assert await revoked_keys(db) == {key: ("orphaned", removal.ref)}
 
 
 async def _split_assignment(

@@ -52,10 +52,11 @@ class GroupProgress:
             for tp, meta in (await self._admin.list_consumer_group_offsets(self._group_id)).items()
             if meta.offset >= 0
         }
-        beginning = await self._consumer.beginning_offsets(partitions)
+        never = [tp for tp in partitions if tp not in committed]
+        beginning = await self._consumer.beginning_offsets(never) if never else {}
         # Where the group stands: its committed offset, or, with none, the first record
         # still retained (a partition it never had to read).
-        position = {tp: committed.get(tp, beginning[tp]) for tp in partitions}
+        position = {tp: committed[tp] if tp in committed else beginning[tp] for tp in partitions}
 
         async def caught_up(cutoff: datetime) -> bool:
             found = await self._consumer.offsets_for_times({tp: _ms(cutoff) for tp in partitions})

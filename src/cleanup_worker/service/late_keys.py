@@ -39,6 +39,9 @@ CLOCK_MARGIN = timedelta(seconds=2)
 # R6 asks the brokers at most this long per sweep: the next sweep (and its re-check) waits for
 # this one, and a broker that does not answer must not hold the re-check back.
 GROUP_PROGRESS_TIMEOUT_S = 2.0
+# While the group lags far behind (not even the oldest due key may go), asking again every
+# sweep only loads the brokers and the worker: R6 waits this long before it asks again.
+GROUP_PROGRESS_BACKOFF_S = 2.0
 
 
 def advance(cursor: Cursor, at: datetime, running: frozenset[str]) -> Cursor:
@@ -95,6 +98,7 @@ class LateKeySweeper:
         self._announce = announce  # notices to the outbox (DESIGN §4b)
         self._on_revoked = on_revoked  # their notices wait in the outbox: wake the relay
         self._stopping = asyncio.Event()
+        self._ask_group_after = 0.0  # time.monotonic() before which R6 does not ask again
         metrics.LATE_KEY_SETTLE.set(settle_s)
 
     def request_stop(self) -> None:
@@ -171,7 +175,9 @@ class LateKeySweeper:
         since when R6 has been waiting for the group (None: it is not)."""
         due = [key for key in late if settle_cutoff(key.created_at, self._settle) <= now]
         consumed_before = None
-        if due:
+        if due and time.monotonic() >= self._ask_group_after:
+            # Not even the oldest cutoff passes (or no answer): the group is well behind.
+            self._ask_group_after = time.monotonic() + GROUP_PROGRESS_BACKOFF_S
             try:
                 async with asyncio.timeout(GROUP_PROGRESS_TIMEOUT_S):
                     consumed_before = await progress.consumed_before(
@@ -179,6 +185,8 @@ class LateKeySweeper:
                     )
             except (KafkaError, TimeoutError) as exc:  # unknown progress: wait, never guess
                 log.warning("late_keys.group_progress_unknown", error=type(exc).__name__)
+            if consumed_before is not None:
+                self._ask_group_after = 0.0
         allowed = [
             key.key_id
             for key in due
