@@ -37,6 +37,7 @@ from bench.consumer import (
     Worker,
     free_port,
     percentile,
+    print_targets,
     publish,
     removal,
     scrape,
@@ -298,8 +299,6 @@ async def main(args: argparse.Namespace) -> None:
         f"  sweep duration p50 {found['sweep_p50'] * 1000:.1f} ms, "
         f"p99 {found['sweep_p99'] * 1000:.1f} ms; keys left unrevoked: {found['unrevoked']}"
     )
-    print()
-    print("DESIGN §7 target                                  measured                 verdict")
     rows = [
         ("throughput, sweep on >= 90% of off",
          f"{on_rate / off_rate:.0%} ({on_rate:,.0f} vs {off_rate:,.0f}/s)",
@@ -314,8 +313,7 @@ async def main(args: argparse.Namespace) -> None:
          f"settle + {q(late, 0.99):.2f} s (p50 + {q(late, 0.5):.2f})",
          len(late) == found["late_keys"] and q(late, 0.99) <= 2),
     ]  # fmt: skip
-    for target, measured, ok in rows:
-        print(f"{target:<50}{measured:<25}{'ok' if ok else 'MISSED'}")
+    print_targets(rows)
 
 
 if __name__ == "__main__":
