@@ -194,7 +194,10 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
     print(f"hostile records: seed {seed}; reproduce: {SEED_ENV}={seed} {RUNS_ENV}=1 "
           f"{RECORDS_ENV}={RECORDS}")  # fmt: skip
     notices = await create_topic(settings, f"test-notices-{uuid.uuid4().hex[:12]}")
-    settings = settings.model_copy(update={"revocations_topic": notices})
+    # R6 off: the history is dated in the past and produced at once, so R6's guard (which
+    # waits for what was produced before a key's cutoff) cannot hold a re-add's place, and the
+    # oracle is R1-R4 (R6 has its own tests, in test_late_keys.py).
+    settings = settings.model_copy(update={"revocations_topic": notices, "late_keys": "off"})
     rng = random.Random(seed)
     _, shots = mix(rng, RECORDS, settings.max_event_bytes, settings.max_future_skew_s)
     for key_bytes, value_bytes in BROKER_SIZED:

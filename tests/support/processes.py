@@ -49,6 +49,9 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     }
     if settings.revocations_topic:
         env["CLEANUP_REVOCATIONS_TOPIC"] = settings.revocations_topic
+    for name in ("late_keys", "late_key_settle_s", "late_key_sweep_interval_s"):
+        if getattr(settings, name) != Settings.model_fields[name].default:
+            env[f"CLEANUP_{name.upper()}"] = str(getattr(settings, name))
     env.update(security_env(settings))
     env.update(extra)
     return env
