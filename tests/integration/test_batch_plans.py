@@ -101,11 +101,11 @@ STATEMENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "capture baselines": (memberships._CAPTURE_BASELINES, (accounts, iam_ids)),
     "record events": (memberships._RECORD_EVENTS, (ledger_rows,)),
     "revoke for removals": (
-        keys._REVOKE_FOR_REMOVALS[False],
+        keys._REVOKE_FOR_REMOVALS[(False, False)],
         (accounts, iam_ids, [T] * MEMBERS, ["event:/s#x"] * MEMBERS),
     ),
-    "revoke for removals, announced": (
-        keys._REVOKE_FOR_REMOVALS[True],
+    "revoke for removals, announced, late keys noted": (
+        keys._REVOKE_FOR_REMOVALS[(True, True)],
         (accounts, iam_ids, [T] * MEMBERS, ["event:/s#x"] * MEMBERS),
     ),
     "load history": (memberships._HISTORY, (accounts, iam_ids)),

@@ -48,10 +48,22 @@ def _with_and_without_notices(statement: str, *, plain: str, event_time: str) ->
     }
 
 
+# R6's candidates among the removed members' keys: those created after the removal. In the
+# same statement as R1, from the same snapshot, so the index range scan (created_at > T) never
+# meets the versions R1 is revoking; a statement of its own cost a quarter of the consumer's
+# throughput (docs/performance.md, late keys).
+_NOTE_LATE = """, noted AS (
+    INSERT INTO late_key_candidates (key_id, account_id, iam_id, created_at)
+    SELECT k.id, k.account_id, k.iam_id, k.created_at
+    FROM removal
+    JOIN api_keys AS k ON k.account_id = removal.account_id AND k.iam_id = removal.iam_id
+    WHERE k.revoked_at IS NULL AND k.created_at > removal.removed_at
+    ON CONFLICT DO NOTHING
+)"""
+
 # R1 as one statement for a whole batch. `revoked_at IS NULL` keeps R4: a revoked key is
 # never touched again, so its first reason and revoker stay.
-_REVOKE_FOR_REMOVALS = _with_and_without_notices(
-    """
+_R1 = """
 WITH removal AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
         AS r(account_id, iam_id, removed_at, revoked_by)
@@ -64,23 +76,35 @@ WITH removal AS (
       AND k.created_at <= removal.removed_at
       AND k.revoked_at IS NULL
     RETURNING {returning}
-){announce}
+){announce}{note}
 SELECT count(*) FROM revoked
-""",
-    plain="1",
-    event_time="removal.removed_at",
-)
+"""
+# Keyed by (announce?, note late keys?).
+_REVOKE_FOR_REMOVALS = {
+    (announce, note): statement
+    for note in (False, True)
+    for announce, statement in _with_and_without_notices(
+        _R1.replace("{note}", _NOTE_LATE if note else ""),
+        plain="1",
+        event_time="removal.removed_at",
+    ).items()
+}
 
 
 async def revoke_for_removals(
-    conn: Connection, removals: Sequence[MembershipEvent], *, announce: bool
+    conn: Connection,
+    removals: Sequence[MembershipEvent],
+    *,
+    announce: bool,
+    note_late_keys: bool = False,
 ) -> int:
     """R1: revokes the live keys each removal covers; at most one removal per member.
-    `announce`: also write their notices to the outbox."""
+    `announce`: also write their notices to the outbox. `note_late_keys`: note the keys a
+    removal leaves (created after it) for R6 to judge."""
     if not removals:
         return 0
     count: int = await conn.fetchval(
-        _REVOKE_FOR_REMOVALS[announce],
+        _REVOKE_FOR_REMOVALS[(announce, note_late_keys)],
         [event.account_id for event in removals],
         [event.iam_id for event in removals],
         [event.time for event in removals],

@@ -6,7 +6,6 @@ explains the cursor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -128,30 +127,6 @@ ON CONFLICT DO NOTHING
 async def note_new_keys(conn: Connection, since: datetime) -> None:
     """R6 candidates among the live keys created at or after `since`."""
     await conn.execute(_NOTE_FROM_KEYS, since)
-
-
-_NOTE_FROM_REMOVALS = """
-INSERT INTO late_key_candidates (key_id, account_id, iam_id, created_at)
-SELECT k.id, k.account_id, k.iam_id, k.created_at
-FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS r(account_id, iam_id, removed_at)
-JOIN api_keys AS k ON k.account_id = r.account_id AND k.iam_id = r.iam_id
-WHERE k.revoked_at IS NULL AND k.created_at > r.removed_at
-ON CONFLICT DO NOTHING
-"""
-
-
-async def note_removed_members(
-    conn: Connection, removals: Sequence[tuple[str, str, datetime]]
-) -> None:
-    """R6 candidates from removals just applied: the member's live keys created after T.
-    (A removal that arrives after a key it predates makes that key late too.)"""
-    if removals:
-        await conn.execute(
-            _NOTE_FROM_REMOVALS,
-            [r[0] for r in removals],
-            [r[1] for r in removals],
-            [r[2] for r in removals],
-        )
 
 
 _FORGET_NOT_LATE = f"""

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cleanup_worker.adapters import keys, late_keys, memberships
+from cleanup_worker.adapters import keys, memberships
 from cleanup_worker.adapters.memberships import Member
 from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.domain.events import Change, MembershipEvent
@@ -48,12 +48,10 @@ async def apply_events(
     recorded = await memberships.record_events(conn, events)
     fresh = list(events) if reprocess else [e for e in events if e.identity in recorded.new]
     removals = latest_removals(e for e in fresh if e.change is Change.REMOVED)
-    revoked = await keys.revoke_for_removals(conn, list(removals.values()), announce=announce)
-    if note_late_keys:
-        # Keys created after a removal that arrives late are R6's to judge (the sweep).
-        await late_keys.note_removed_members(
-            conn, [(e.account_id, e.iam_id, e.time) for e in removals.values()]
-        )
+    # Keys created after a removal that arrives late are R6's to judge (the sweep).
+    revoked = await keys.revoke_for_removals(
+        conn, list(removals.values()), announce=announce, note_late_keys=note_late_keys
+    )
     rows = await _derive_rows(conn, fresh, captured, recorded.had_history, reprocess=reprocess)
     changed = await memberships.write_memberships(conn, rows)
     return Applied(fresh, revoked, changed)
