@@ -25,7 +25,7 @@ from cleanup_worker.adapters.migrator import Migration, migrate
 from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.errors import ServiceUnavailable
 from cleanup_worker.observability.health import Health
-from cleanup_worker.retries import retrying
+from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.classify import RecordClassifier
 from cleanup_worker.service.consumer import Worker
 from cleanup_worker.service.handler import BatchHandler
@@ -78,6 +78,7 @@ def build_handler(
     dead_letters: DeadLetterPublisher | None,
     health: Health | None = None,
     relay: NoticeRelay | None = None,
+    database: Reachability | None = None,
 ) -> BatchHandler:
     return BatchHandler(
         pool,
@@ -93,6 +94,7 @@ def build_handler(
         note_late_keys=settings.late_keys == "revoke",
         on_db_trouble=health.database_trouble if health else None,
         on_db_ok=health.database_recovered if health else None,
+        database=database,
     )
 
 
@@ -126,8 +128,12 @@ async def late_key_sweeper(
 
 async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStack) -> Consuming:
     """The live group's worker with its pool, dead-letter producer and handler."""
+    database = postgres.reachability(settings)
+    stack.push_async_callback(database.close)
     # One connection more for the late-key sweep.
-    pool = await postgres.create_pool(settings, max_size=settings.database_pool_size + 1)
+    pool = await postgres.create_pool(
+        settings, max_size=settings.database_pool_size + 1, reachable=database
+    )
     stack.push_async_callback(pool.close)
     producer = await start_producer(settings, stack)
     dead_letters = DeadLetterPublisher(
@@ -142,7 +148,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     sweeper = await late_key_sweeper(settings, pool, stack, relay)
     worker = Worker(
         consumer=kafka.group_consumer(settings),
-        handler=build_handler(settings, pool, dead_letters, health, relay),
+        handler=build_handler(settings, pool, dead_letters, health, relay, database),
         health=health,
         topics=settings.kafka_topics,
         max_records=settings.batch_max_records,

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     rebalance_drain_s: float = Field(default=10.0, gt=0)
     liveness_timeout_s: float = Field(default=60.0, gt=0)
     retry_max_wait_s: float = Field(default=10.0, gt=0)
+    # After an outage, work resumes within one interval of the service's return (retries.py);
+    # 0: no probe, retries back off up to retry_max_wait_s as for any transient error.
+    outage_probe_interval_s: float = Field(default=0.5, ge=0, le=60)
 
     # R6 (DESIGN §2): revoke late keys, or leave them to the backfill. The R1 re-check is
     # always on.

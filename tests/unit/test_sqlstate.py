@@ -11,6 +11,7 @@ from cleanup_worker.adapters.sqlstate import (
     is_lost_race,
     is_per_event,
     is_transient,
+    is_unreachable,
     sqlstate_of,
 )
 
@@ -116,3 +117,34 @@ def test_refused_login_is_its_own_class(error: type[asyncpg.PostgresError]) -> N
 def test_other_errors_are_no_refused_login(error: type[asyncpg.PostgresError]) -> None:
     """Nothing outside class 28 counts as a refused login."""
     assert not is_login_refused(error("x"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(),
+        ConnectionResetError(),
+        TimeoutError(),
+        asyncpg.ConnectionDoesNotExistError("closed"),
+        asyncpg.AdminShutdownError("x"),  # 57P01
+        asyncpg.CannotConnectNowError("x"),  # 57P03
+        asyncpg.ConnectionFailureError("x"),  # 08006
+    ],
+)
+def test_unreachable(error: Exception) -> None:
+    """Refused, reset, timed out, closed, shutting down, starting: the database is away."""
+    assert is_unreachable(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.TooManyConnectionsError("x"),  # 53300: it answers, but is out of resources
+        asyncpg.DeadlockDetectedError("x"),  # lost race
+        asyncpg.UniqueViolationError("x"),
+        ValueError("x"),
+    ],
+)
+def test_not_unreachable(error: Exception) -> None:
+    """A database that answers (busy, a lost race, bad data) is not probed for."""
+    assert not is_unreachable(error)

@@ -10,9 +10,14 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from cleanup_worker.adapters.sqlstate import describe, is_login_refused, is_transient
+from cleanup_worker.adapters.sqlstate import (
+    describe,
+    is_login_refused,
+    is_transient,
+    is_unreachable,
+)
 from cleanup_worker.errors import ServiceUnavailable
-from cleanup_worker.retries import retrying
+from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.settings import Settings
 
 # Quoted: asyncpg's classes are generic only in its type stubs.
@@ -21,7 +26,37 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
-async def create_pool(settings: Settings, *, max_size: int | None = None) -> Pool:
+# A probe is one connection attempt; one that takes longer than this counts as unanswered.
+PROBE_TIMEOUT_S = 2.0
+
+
+def reachability(settings: Settings) -> Reachability:
+    """The database's `Reachability` (retries.py): probed with a connection of its own, so
+    that a probe never waits for, or spoils, a pooled connection."""
+
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(
+                dsn=settings.database_url.get_secret_value(),
+                timeout=PROBE_TIMEOUT_S,
+                server_settings={"application_name": "cleanup-worker-probe"},
+            )
+        except Exception:  # noqa: BLE001 - any failure means "still unreachable"
+            return False
+        await conn.close(timeout=PROBE_TIMEOUT_S)
+        return True
+
+    return Reachability(
+        "database",
+        probe,
+        explains=is_unreachable,
+        interval_s=settings.outage_probe_interval_s,
+    )
+
+
+async def create_pool(
+    settings: Settings, *, max_size: int | None = None, reachable: Reachability | None = None
+) -> Pool:
     """A pool that keeps trying to reach the database until it answers (start-up may race it).
 
     A refused login is waited out too: the worker stays unready, with one line a retry naming
@@ -33,6 +68,7 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> Poo
         "database.connect",
         on=lambda exc: is_transient(exc) or is_login_refused(exc),
         wait_max=settings.retry_max_wait_s,
+        reachability=reachable,
     ):
         with attempt:
             return await asyncpg.create_pool(

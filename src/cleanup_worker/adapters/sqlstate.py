@@ -22,6 +22,7 @@ __all__ = [
     "is_lost_race",
     "is_per_event",
     "is_transient",
+    "is_unreachable",
     "sqlstate_of",
 ]
 
@@ -71,6 +72,16 @@ def is_login_refused(exc: BaseException) -> bool:
     rule such as hostssl-only): fixed by whoever rotates the credential, not by our code."""
     sqlstate = sqlstate_of(exc)
     return sqlstate is not None and sqlstate.startswith("28")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when the database could not be reached or went away (refused, reset, timed out,
+    the connection lost, the server shutting down or starting): worth a probe, not a backoff.
+    A server that answers but is out of resources (53) is not unreachable."""
+    sqlstate = sqlstate_of(exc)
+    if sqlstate is not None:
+        return sqlstate.startswith(("08", "57P"))
+    return is_transient(exc)
 
 
 def is_per_event(exc: BaseException) -> bool:

@@ -50,6 +50,13 @@ RETRIES = Counter(
     ["operation", "error"],
     registry=REGISTRY,
 )
+PROBES = Counter(
+    "cleanup_outage_probes",
+    "Probes of a service found unreachable, by service and result (ok ends the outage); "
+    "at most one per CLEANUP_OUTAGE_PROBE_INTERVAL_S per service and process.",
+    ["service", "result"],
+    registry=REGISTRY,
+)
 DEAD_LETTERS = Counter(
     "cleanup_dead_letters",
     "Records published to the dead-letter topic, by error class.",

@@ -21,7 +21,7 @@ from cleanup_worker.domain.events import Change, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import unique_events
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
-from cleanup_worker.retries import retrying
+from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.batch_transaction import apply_events
 from cleanup_worker.service.classify import FutureDated, RecordClassifier
 
@@ -108,6 +108,7 @@ class BatchHandler:
         note_late_keys: bool = False,
         on_db_trouble: Callable[[], None] | None = None,
         on_db_ok: Callable[[], None] | None = None,
+        database: Reachability | None = None,
     ) -> None:
         self._pool = pool
         self._classify = classify
@@ -119,6 +120,7 @@ class BatchHandler:
         self._note_late_keys = note_late_keys
         self._on_db_trouble = on_db_trouble
         self._on_db_ok = on_db_ok
+        self._database = database
 
     @property
     def classify(self) -> RecordClassifier:
@@ -232,7 +234,10 @@ class BatchHandler:
         self, items: list[tuple[Record, MembershipEvent]], *, reprocess: bool, dry_run: bool
     ) -> BatchOutcome:
         async for attempt in retrying(
-            "database.batch", on=is_transient, wait_max=self._retry_max_wait_s
+            "database.batch",
+            on=is_transient,
+            wait_max=self._retry_max_wait_s,
+            reachability=self._database,
         ):
             with attempt:
                 try:
