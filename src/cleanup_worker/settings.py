@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     )
     # On unless a broker's certificate cannot name it; off is logged at every start.
     kafka_ssl_check_hostname: bool = True
+    # aiokafka's pause between reconnects, metadata refreshes and coordinator lookups while the
+    # broker is unreachable (its default, 100 ms, is some 30 connection attempts a second).
+    kafka_retry_backoff_ms: int = Field(default=500, ge=10, le=10_000)
 
     event_types_added: CommaList = Field(
         default_factory=lambda: ["account.member.added"], min_length=1

@@ -183,6 +183,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "client_id": settings.kafka_client_id,
         "security_protocol": settings.kafka_security_protocol,
         "ssl_context": ssl_context(settings),
+        "retry_backoff_ms": settings.kafka_retry_backoff_ms,
     }
     if settings.kafka_sasl_mechanism:
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
