@@ -203,7 +203,7 @@ async def outage(
     up_at = time.time()
     window = [u for u, t in stream.sent.items() if down_at <= t < up_at]
     async with asyncio.timeout(180):
-        while len(done := await revoked_at(db, window)) < len(window):  # noqa: ASYNC110 - polls the database
+        while len(done := await revoked_at(db, window)) < len(window):
             await asyncio.sleep(0.2)
     delays = [done[u] - up_at for u in window]
     result = Result(policy, service, seconds, len(window), delays, during / seconds)

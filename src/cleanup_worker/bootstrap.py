@@ -78,6 +78,7 @@ def build_handler(
     dead_letters: DeadLetterPublisher | None,
     health: Health | None = None,
     relay: NoticeRelay | None = None,
+    *,
     database: Reachability | None = None,
 ) -> BatchHandler:
     return BatchHandler(
@@ -148,7 +149,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     sweeper = await late_key_sweeper(settings, pool, stack, relay)
     worker = Worker(
         consumer=kafka.group_consumer(settings),
-        handler=build_handler(settings, pool, dead_letters, health, relay, database),
+        handler=build_handler(settings, pool, dead_letters, health, relay, database=database),
         health=health,
         topics=settings.kafka_topics,
         max_records=settings.batch_max_records,
