@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.services import ROOT, scratch_database, service_env
+from tests.support.processes import free_port
 from tests.support.toxiproxy import (
     Link,
     database_address,
@@ -112,13 +112,6 @@ class Stream:
             self.sent[iam_id] = now
             self.next_user += 1
         raise SystemExit("the stream ran out of seeded users; raise the seed count")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -303,7 +296,7 @@ async def main(args: argparse.Namespace) -> None:
     env = service_env()
     total_s = len(args.services) * sum(d + args.steady for d in args.durations)
     args.users = int(args.rate * (total_s + 60) * 1.5)
-    proxy_listen, proxied = kafka_proxy_addresses()
+    proxy_listen, proxied = kafka_proxy_addresses(env["CLEANUP_KAFKA_BOOTSTRAP_SERVERS"])
     log_path = ROOT / ".dev" / "log" / "bench-outage-toxiproxy.log"
     with toxiproxy_process(log_path) as api:
         links = {

@@ -12,7 +12,6 @@ straight to the broker, around the proxy.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from tests.services import ROOT, dev_env
+from tests.support.processes import free_port
 
 BINARY = ROOT / ".dev" / "tools" / "bin" / "toxiproxy-server"
 HOW_TO_TOXIPROXY = "toxiproxy-server is missing: run `scripts/tools install` (or `make tools`)"
@@ -39,13 +39,18 @@ class ToxiproxyError(RuntimeError):
     """Toxiproxy refused a request (the message is its answer)."""
 
 
-def kafka_proxy_addresses() -> tuple[str, str]:
-    """(where the proxy must listen, the broker's PROXIED listener): from the environment,
-    else from `.dev/env`."""
+def kafka_proxy_addresses(bootstrap: str) -> tuple[str, str]:
+    """(where the proxy must listen, the PROXIED listener) of the broker at `bootstrap`: from
+    CLEANUP_DEV_KAFKA_PROXY and CLEANUP_DEV_KAFKA_PROXIED, else from `.dev/env` when it
+    describes that broker."""
+    proxy = os.environ.get("CLEANUP_DEV_KAFKA_PROXY")
+    proxied = os.environ.get("CLEANUP_DEV_KAFKA_PROXIED")
     env_file = ROOT / ".dev" / "env"
-    values = dev_env(env_file) if env_file.exists() else {}
-    values.update({k: v for k, v in os.environ.items() if k.startswith("CLEANUP_DEV_KAFKA_PROX")})
-    proxy, proxied = values.get("CLEANUP_DEV_KAFKA_PROXY"), values.get("CLEANUP_DEV_KAFKA_PROXIED")
+    if not (proxy and proxied) and env_file.exists():
+        values = dev_env(env_file)
+        if values.get("CLEANUP_KAFKA_BOOTSTRAP_SERVERS") == bootstrap:
+            proxy = values.get("CLEANUP_DEV_KAFKA_PROXY")
+            proxied = values.get("CLEANUP_DEV_KAFKA_PROXIED")
     if not (proxy and proxied):
         raise ToxiproxyError(HOW_TO_PROXIED)
     return proxy, proxied
@@ -148,19 +153,12 @@ class Link:
             await self.set_enabled(True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def toxiproxy_process(log_path: str | os.PathLike[str] = os.devnull) -> Iterator[Toxiproxy]:
     """toxiproxy-server on a free port of 127.0.0.1, stopped (by its pid) afterwards."""
     if not BINARY.exists():
         raise ToxiproxyError(HOW_TO_TOXIPROXY)
-    port = _free_port()
+    port = free_port()
     with open(log_path, "ab") as log:
         server = subprocess.Popen(
             [str(BINARY), "-host", "127.0.0.1", "-port", str(port)],

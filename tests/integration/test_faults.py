@@ -1,0 +1,333 @@
+"""Network faults between the worker and the real services, through Toxiproxy (DESIGN §6).
+
+Each test puts one fault on one link while a stream of removals flows, and checks: nothing
+lost and nothing wrong (every key of every removal revoked by its event, once), no committed
+offset ahead of the ledger, readiness false while the worker cannot make progress, liveness
+true while it can still recover, and readiness back (with the work done) once the fault is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
+
+from cleanup_worker.domain.events import MembershipEvent
+from cleanup_worker.service.process import WorkerProcess
+from cleanup_worker.settings import Settings
+from tests.services import ROOT, Services
+from tests.support.database import ledger_size
+from tests.support.events import at, event
+from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
+from tests.support.metrics import sample_total
+from tests.support.processes import http_get, running_worker
+from tests.support.toxiproxy import (
+    HOW_TO_PROXIED,
+    Link,
+    Toxiproxy,
+    ToxiproxyError,
+    database_address,
+    kafka_proxy_addresses,
+    through,
+    toxiproxy_process,
+)
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass(frozen=True)
+class Links:
+    api: Toxiproxy
+    database: Link
+    broker: Link
+
+
+async def _links(api: Toxiproxy, services: Services) -> Links:
+    listen, proxied = kafka_proxy_addresses(services.kafka_bootstrap_servers)
+    database = await api.proxy("postgres", "127.0.0.1:0", database_address(services.database_url))
+    broker = await api.proxy("kafka", listen, proxied)
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.listen, request_timeout_ms=5000)
+    try:
+        await asyncio.wait_for(admin.start(), 15)
+        cluster = await admin.describe_cluster()
+    except Exception:  # noqa: BLE001 - whatever failed, the cause to fix is the same
+        raise ToxiproxyError(HOW_TO_PROXIED) from None
+    finally:
+        await admin.close()
+    advertised = {f"{b['host']}:{b['port']}" for b in cluster["brokers"]}
+    if advertised != {broker.listen}:
+        raise ToxiproxyError(f"{HOW_TO_PROXIED} (it advertises {advertised})")
+    return Links(api, database, broker)
+
+
+@pytest.fixture(scope="module")
+def toxiproxy_links(services: Services) -> Iterator[Links]:
+    """toxiproxy-server with a proxy in front of PostgreSQL and one in front of the broker."""
+    try:
+        with toxiproxy_process(ROOT / ".dev" / "toxiproxy-tests.log") as api:
+            yield asyncio.run(_links(api, services))
+    except ToxiproxyError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+async def links(toxiproxy_links: Links) -> AsyncIterator[Links]:
+    """The proxies, with no fault left over from another test (and none left after)."""
+    await toxiproxy_links.api.reset()
+    yield toxiproxy_links
+    await toxiproxy_links.api.reset()
+
+
+@pytest.fixture
+def proxied(settings: Settings, links: Links) -> Settings:
+    """The worker's settings: both services through the proxies. A stalled statement gives
+    up after 5 s + 5 s (the command timeout), not after the default 30 s + 5 s."""
+    return settings.model_copy(
+        update={
+            "database_url": SecretStr(
+                through(settings.database_url.get_secret_value(), links.database.listen)
+            ),
+            "kafka_bootstrap_servers": links.broker.listen,
+            "database_statement_timeout_ms": 5000,
+        }
+    )
+
+
+def _removals(count: int) -> list[MembershipEvent]:
+    run = uuid.uuid4().hex[:6]
+    return [event("removed", "acct", f"user-{run}-{i}", at(10)) for i in range(count)]
+
+
+async def _seed(db: Any, events: list[MembershipEvent]) -> None:
+    await db.executemany(
+        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
+        "VALUES (gen_random_uuid(), $1, $2, 'h', $3)",
+        [(e.account_id, e.iam_id, at(0)) for e in events],
+    )
+
+
+async def _publish(settings: Settings, events: list[MembershipEvent], per_s: float) -> None:
+    """Publishes at a steady pace, so that faults land while records flow."""
+    async with publisher(settings) as pub:
+        for i in range(0, len(events), 10):
+            await pub.events(events[i : i + 10])
+            await asyncio.sleep(10 / per_s)
+
+
+async def _status(process: WorkerProcess, path: str) -> int:
+    assert process.http is not None
+    assert process.http.port is not None
+    status, _ = await http_get(process.http.port, path)
+    return status
+
+
+async def _offsets_not_ahead_of_ledger(settings: Settings, db: Any) -> None:
+    """Every record below a committed offset is in the ledger (each record here is a
+    distinct removal): no offset was committed before its transaction."""
+    for partition, offset in (await committed_offsets(settings)).items():
+        applied = await db.fetchval(
+            "SELECT count(*) FROM membership_events WHERE kafka_partition = $1 "
+            "AND kafka_offset < $2",
+            partition,
+            offset,
+        )
+        assert applied == offset, f"partition {partition}: {applied} of {offset} applied"
+
+
+async def _all_done(settings: Settings, db: Any, events: list[MembershipEvent]) -> None:
+    """Every removal applied once, every key revoked by its own event, every offset
+    committed, and none ahead of the ledger."""
+
+    async def finished() -> bool:
+        live = await db.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+        return live == 0 and await ledger_size(db) == len(events)
+
+    await eventually(finished, timeout=90)
+
+    await eventually(lambda: _all_committed(settings), timeout=60)
+    await _offsets_not_ahead_of_ledger(settings, db)
+    wrong = await db.fetchval(
+        "SELECT count(*) FROM api_keys k JOIN membership_events e "
+        "ON e.iam_id = k.iam_id AND k.revoked_by <> 'event:' || e.source || '#' || e.event_id"
+    )
+    assert wrong == 0, "a key was revoked by another event than its owner's removal"
+
+
+async def _all_committed(settings: Settings) -> bool:
+    """Every record in a partition that has any is committed."""
+    ends = {p: offset for p, offset in (await end_offsets(settings)).items() if offset}
+    return await committed_offsets(settings) == ends
+
+
+async def _ready_again(process: WorkerProcess) -> None:
+    async def ready() -> bool:
+        return await _status(process, "/readyz") == 200
+
+    await eventually(ready, timeout=60)
+
+
+async def _not_ready_but_live(process: WorkerProcess) -> None:
+    """Readiness turns false while the fault lasts; liveness stays true meanwhile."""
+
+    async def not_ready() -> bool:
+        return await _status(process, "/readyz") == 503
+
+    await eventually(not_ready, timeout=30, interval=0.2)
+    assert await _status(process, "/livez") == 200
+
+
+@pytest.mark.parametrize("link", ["database", "broker"])
+async def test_latency_with_jitter(
+    link: str, links: Links, settings: Settings, proxied: Settings, db: Any
+) -> None:
+    """100 ms ± 50 ms each way on one link: slower, nothing lost, ready throughout."""
+    events = _removals(300)
+    await _seed(db, events)
+    target = links.database if link == "database" else links.broker
+    async with running_worker(proxied) as process:
+        await _ready_again(process)
+        await target.add("latency", stream="downstream", latency=100, jitter=50)
+        await target.add("latency", stream="upstream", latency=100, jitter=50)
+        await _publish(settings, events, per_s=200)
+        await _all_done(settings, db, events)
+        assert await _status(process, "/readyz") == 200
+
+
+@pytest.mark.parametrize("link", ["database", "broker"])
+async def test_link_down_and_up(
+    link: str, links: Links, settings: Settings, proxied: Settings, db: Any
+) -> None:
+    """The link goes away for 5 s mid-stream (connections closed, new ones refused): not
+    ready meanwhile but live, and everything applied once it is back."""
+    events = _removals(400)
+    await _seed(db, events)
+    target = links.database if link == "database" else links.broker
+    async with running_worker(proxied) as process:
+        await _ready_again(process)
+        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
+        await eventually(lambda: _some_applied(db), timeout=30)
+        async with target.down():
+            await _not_ready_but_live(process)
+            await asyncio.sleep(3)
+            await _offsets_not_ahead_of_ledger(settings, db)
+            assert await _status(process, "/livez") == 200
+        await publishing
+        await _all_done(settings, db, events)
+        await _ready_again(process)
+
+
+async def _some_applied(db: Any) -> bool:
+    return await ledger_size(db) > 0
+
+
+# The database's stall outlasts the worker's command timeout (5 s + 5 s here): the stalled
+# batch gives up its connection and is retried. The broker's stays within aiokafka's request
+# timeout (40 s, too long for a test): the stalled requests are answered once data flows.
+@pytest.mark.parametrize(("link", "stall_s"), [("database", 14), ("broker", 6)])
+async def test_black_hole_mid_stream(
+    link: str, stall_s: float, links: Links, settings: Settings, proxied: Settings, db: Any
+) -> None:
+    """Nothing gets through the link for a while (Toxiproxy's `timeout` toxic with 0: the
+    connections stay open, the bytes are held) while batches and commits are in flight: not
+    ready meanwhile but live, and everything applied once the link carries data again."""
+    events = _removals(400)
+    await _seed(db, events)
+    target = links.database if link == "database" else links.broker
+    async with running_worker(proxied) as process:
+        await _ready_again(process)
+        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
+        await eventually(lambda: _some_applied(db), timeout=30)
+        async with (
+            target.toxic("timeout", stream="upstream", timeout=0),
+            target.toxic("timeout", stream="downstream", timeout=0),
+        ):
+            await _not_ready_but_live(process)
+            await asyncio.sleep(stall_s - 2)
+            await _offsets_not_ahead_of_ledger(settings, db)
+            assert await _status(process, "/livez") == 200
+        await publishing
+        await _all_done(settings, db, events)
+        await _ready_again(process)
+
+
+async def test_bandwidth_limit_on_the_broker_link(
+    links: Links, settings: Settings, proxied: Settings, db: Any
+) -> None:
+    """Fetches squeezed through 16 KB/s: everything applied, in more and smaller batches."""
+    events = _removals(300)
+    await _seed(db, events)
+    async with running_worker(proxied) as process:
+        await _ready_again(process)
+        await links.broker.add("bandwidth", stream="downstream", rate=16)
+        await _publish(settings, events, per_s=1000)
+        await _all_done(settings, db, events)
+        assert await _status(process, "/readyz") == 200
+
+
+async def test_black_hole_on_the_broker_during_dead_letter_publishing(
+    links: Links, settings: Settings, proxied: Settings, db: Any
+) -> None:
+    """Malformed records arrive while the broker link drops every byte: once it is back,
+    each one is in the dead-letter topic and the valid removals around them are applied."""
+    events = _removals(100)
+    await _seed(db, events)
+    async with running_worker(proxied) as process, publisher(settings) as pub:
+        await _ready_again(process)
+        await pub.events(events[:50])
+        await eventually(lambda: _applied_at_least(db, 50), timeout=30)
+        async with (
+            links.broker.toxic("timeout", stream="upstream", timeout=0),
+            links.broker.toxic("timeout", stream="downstream", timeout=0),
+        ):
+            for i in range(5):
+                await pub.raw(b"not json %d" % i, key=b"bad-%d" % i, partition=i % 3)
+            await pub.events(events[50:])
+            await _not_ready_but_live(process)
+            await asyncio.sleep(3)
+        await eventually(lambda: _applied_at_least(db, 100), timeout=90)
+        letters = await read_topic(settings, settings.dlq_topic)
+        assert {r.value for r in letters} >= {b"not json %d" % i for i in range(5)}
+
+        await eventually(lambda: _all_committed(settings), timeout=60)
+
+
+async def _applied_at_least(db: Any, count: int) -> bool:
+    return await ledger_size(db) >= count
+
+
+async def test_reset_after_commit_before_its_answer_applies_once(
+    links: Links, settings: Settings, proxied: Settings, db: Any
+) -> None:
+    """The connection is reset after PostgreSQL committed a batch but before the worker heard
+    so (the "did it commit?" case): the retried batch finds its events in the ledger, and every
+    key stays revoked once, by its own event, at the first commit's time."""
+    events = _removals(50)
+    await _seed(db, events)
+    async with publisher(settings) as pub:
+        await pub.events(events, partition=0)
+    # Answers from the database take 0.5 s: the commit is visible to us well before the worker
+    # hears of it.
+    await links.database.add("latency", stream="downstream", latency=500)
+    retried = sample_total("cleanup_retries_total", operation="database.batch")
+    duplicates = sample_total("cleanup_events_total", outcome="duplicate")
+    async with running_worker(proxied) as process:
+        await eventually(lambda: _applied_at_least(db, len(events)), timeout=60, interval=0.02)
+        await links.database.add("reset_peer", stream="downstream", timeout=0)
+        first = await db.fetch("SELECT id, revoked_at, revoked_by FROM api_keys ORDER BY id")
+        await asyncio.sleep(0.5)
+        await links.api.reset()
+        await _all_done(settings, db, events)
+        await _ready_again(process)
+    again = await db.fetch("SELECT id, revoked_at, revoked_by FROM api_keys ORDER BY id")
+    assert again == first
+    assert await ledger_size(db) == len(events)
+    # The batch was tried again, and found every event already applied.
+    assert sample_total("cleanup_retries_total", operation="database.batch") > retried
+    assert sample_total("cleanup_events_total", outcome="duplicate") - duplicates == len(events)
