@@ -166,11 +166,23 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     )
 
 
+# aiokafka's request timeout (its default): how long a request on a stalled link may hang.
+KAFKA_REQUEST_TIMEOUT_S = 40.0
+
+
+def _wait_limit_s(settings: Settings) -> float:
+    """How long the poll loop may wait on one batch and its commit before /livez calls it
+    wedged: a stalled statement and its rollback each end after the command timeout, a stalled
+    commit request after the Kafka request timeout; beyond those, something is truly stuck."""
+    stalls = 2 * postgres.command_timeout_s(settings) + KAFKA_REQUEST_TIMEOUT_S
+    return settings.liveness_timeout_s + stalls
+
+
 def worker_process(settings: Settings) -> WorkerProcess:
     """`cleanup-worker run`, wired and not yet started."""
     return WorkerProcess(
         partial(wire_consumer, settings),
-        Health(settings.liveness_timeout_s),
+        Health(settings.liveness_timeout_s, wait_limit_s=_wait_limit_s(settings)),
         http_host=settings.http_host,
         http_port=settings.http_port,
         shutdown_grace_s=settings.shutdown_grace_s,

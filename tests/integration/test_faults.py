@@ -88,7 +88,9 @@ async def links(toxiproxy_links: Links) -> AsyncIterator[Links]:
 @pytest.fixture
 def proxied(settings: Settings, links: Links) -> Settings:
     """The worker's settings: both services through the proxies. A stalled statement gives
-    up after 5 s + 5 s (the command timeout), not after the default 30 s + 5 s."""
+    up after 5 s + 5 s (the command timeout), not after the default 30 s + 5 s. Liveness
+    fails after 3 s without a poll, so that "live" during a fault means the loop kept turning
+    (or knowingly waited), not that the fault was shorter than the default 60 s."""
     return settings.model_copy(
         update={
             "database_url": SecretStr(
@@ -96,6 +98,7 @@ def proxied(settings: Settings, links: Links) -> Settings:
             ),
             "kafka_bootstrap_servers": links.broker.listen,
             "database_statement_timeout_ms": 5000,
+            "liveness_timeout_s": 3.0,
         }
     )
 

@@ -105,3 +105,30 @@ def test_readiness_question_changes_nothing() -> None:
     health = running(Clock())
     health.readiness(database_answers=False, broker_answers=False)
     assert health.readiness(database_answers=True, broker_answers=True).ready
+
+
+def test_waiting_on_a_batch_is_live_up_to_the_wait_limit() -> None:
+    """A loop held up by a stalled batch or commit is live past the liveness timeout, until
+    the wait limit, and then counts as wedged."""
+    clock = Clock()
+    health = Health(60.0, clock, wait_limit_s=170.0)
+    health.started()
+    health.waiting_on_services()
+    clock.now += 100
+    assert health.is_live()
+    clock.now += 71
+    assert not health.is_live()
+
+
+def test_the_loop_counts_as_turning_once_the_wait_ends() -> None:
+    """After a long wait ends, liveness is judged from its end, not from the last fetch."""
+    clock = Clock()
+    health = Health(60.0, clock, wait_limit_s=170.0)
+    health.started()
+    health.waiting_on_services()
+    clock.now += 100
+    health.done_waiting()
+    clock.now += 59
+    assert health.is_live()
+    clock.now += 2
+    assert not health.is_live()

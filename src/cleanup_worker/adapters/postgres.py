@@ -26,6 +26,12 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
+def command_timeout_s(settings: Settings) -> float:
+    """The client's bound on one statement: the server's statement timeout, and a margin for
+    the answer to arrive. A stalled link ends a statement (and its rollback) after this."""
+    return settings.database_statement_timeout_ms / 1000 + 5
+
+
 # A probe is one connection attempt; one that takes longer than this counts as unanswered.
 PROBE_TIMEOUT_S = 2.0
 
@@ -75,7 +81,7 @@ async def create_pool(
                 dsn=settings.database_url.get_secret_value(),
                 min_size=1,
                 max_size=size,
-                command_timeout=settings.database_statement_timeout_ms / 1000 + 5,
+                command_timeout=command_timeout_s(settings),
                 server_settings={
                     "application_name": "cleanup-worker",
                     "statement_timeout": str(settings.database_statement_timeout_ms),

@@ -36,11 +36,19 @@ class Health:
     Readiness: partitions are assigned, and the database and the broker answer."""
 
     def __init__(
-        self, liveness_timeout_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        liveness_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        wait_limit_s: float | None = None,
     ) -> None:
         self._liveness_timeout_s = liveness_timeout_s
+        # How long the loop may wait on one batch or commit before it counts as wedged: the
+        # clients' own timeouts end such a wait (with a result or an error) well before.
+        self._wait_limit_s = wait_limit_s or liveness_timeout_s
         self._clock = clock
         self._last_poll = clock()
+        self._waiting_since: float | None = None
         self._running = False
         self._partitions = 0
         self._retrying_database = False
@@ -60,6 +68,17 @@ class Health:
 
     def polled(self) -> None:
         """A fetch returned: the loop is alive."""
+        self._last_poll = self._clock()
+
+    def waiting_on_services(self) -> None:
+        """The loop waits for a batch transaction or an offset commit to finish (a slow or
+        stalled link holds it up; the clients' timeouts bound the wait)."""
+        if self._waiting_since is None:
+            self._waiting_since = self._clock()
+
+    def done_waiting(self) -> None:
+        """The wait ended: the loop turns again."""
+        self._waiting_since = None
         self._last_poll = self._clock()
 
     def partitions_assigned(self, count: int) -> None:
@@ -96,6 +115,8 @@ class Health:
             # Not wedged: either starting/stopping or paused on purpose while retrying (a
             # restart would not grant a missing ACL; it would only add a crash loop).
             return True
+        if self._waiting_since is not None:
+            return self._clock() - self._waiting_since < self._wait_limit_s
         return self.seconds_since_poll() < self._liveness_timeout_s
 
     def readiness(self, *, database_answers: bool, broker_answers: bool) -> Readiness:

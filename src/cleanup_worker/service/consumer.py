@@ -177,12 +177,16 @@ class Worker:
             wait_for = len(self._in_flight) if wait_for_oldest is None else wait_for_oldest
             while self._in_flight and (wait_for > 0 or self._in_flight[0].applying.done()):
                 batch = self._in_flight[0]
-                # Shielded: a caller that gives up waiting (a bounded rebalance drain) must not
-                # cancel the batch itself; the next settle picks it up.
-                outcome = await asyncio.shield(batch.applying)  # a crash propagates
-                self._in_flight.popleft()
-                wait_for -= 1
-                await self._commit(batch.offsets)
+                self.health.waiting_on_services()
+                try:
+                    # Shielded: a caller that gives up waiting (a bounded rebalance drain) must
+                    # not cancel the batch itself; the next settle picks it up.
+                    outcome = await asyncio.shield(batch.applying)  # a crash propagates
+                    self._in_flight.popleft()
+                    wait_for -= 1
+                    await self._commit(batch.offsets)
+                finally:
+                    self.health.done_waiting()
                 self._observe(batch, outcome)
 
     def _observe(self, batch: _InFlight, outcome: BatchOutcome) -> None:
