@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install services services-secure services-down tools check test unit fuzz demo bench schema clean producers
+.PHONY: install services services-secure services-down tools check test unit fuzz demo bench schema clean producers chaos
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,13 @@ RUNS ?= 10
 fuzz: install services
 	CLEANUP_FUZZ_SEED=$(SEED) CLEANUP_FUZZ_RECORDS=$(RECORDS) CLEANUP_FUZZ_RUNS=$(RUNS) \
 		$(BIN)/pytest tests/integration/test_hostile_records.py -rA
+
+# A randomized chaos run checked against the oracle (tests/chaos.py, docs/reliability.md):
+# SEED empty picks a fresh seed and prints it, so a failure can be rerun.
+SEED ?=
+DURATION ?= 60
+chaos: install services tools
+	$(BIN)/python -m tests.chaos $(if $(SEED),--seed $(SEED)) --duration $(DURATION)
 
 # The README's first command: everything end to end on the local services.
 demo: install services

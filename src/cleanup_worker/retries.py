@@ -95,7 +95,10 @@ class Reachability:
         while True:
             await asyncio.sleep(self._rng.uniform(0.5, 1.0) * self._interval_s)
             probes += 1
-            answered = await self._probe()
+            try:
+                answered = await self._probe()
+            except Exception:  # noqa: BLE001 - a probe that breaks must not strand the waiters
+                answered = False
             metrics.PROBES.labels(self.service, "ok" if answered else "failed").inc()
             if answered:
                 break
