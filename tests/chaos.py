@@ -276,14 +276,14 @@ async def verdict(
     )
     if exposure:
         # Nearest rank, so that no percentile exceeds the largest delay seen.
-        q = [exposure[min(len(exposure) - 1, len(exposure) * p // 100)] for p in range(100)]
+        q = [exposure[min(len(exposure) - 1, len(exposure) * p // 100)] for p in range(101)]
         print(
             "chaos: exposure publish -> revoked over "
             + json.dumps(
                 {
                     "keys": len(exposure),
-                    "p50_s": round(q[49], 3),
-                    "p99_s": round(q[98], 3),
+                    "p50_s": round(q[50], 3),
+                    "p99_s": round(q[99], 3),
                     "max_s": round(exposure[-1], 3),
                 }
             )
