@@ -100,7 +100,12 @@ def build_handler(
 
 
 async def late_key_sweeper(
-    settings: Settings, pool: Pool, stack: AsyncExitStack, relay: NoticeRelay | None
+    settings: Settings,
+    pool: Pool,
+    stack: AsyncExitStack,
+    relay: NoticeRelay | None,
+    *,
+    database: Reachability | None = None,
 ) -> LateKeySweeper:
     """The late-key sweep, with R6's clients to the brokers (started) unless R6 is off."""
     progress = None
@@ -124,6 +129,7 @@ async def late_key_sweeper(
         retry_max_wait_s=settings.retry_max_wait_s,
         announce=settings.announce_revocations,
         on_revoked=relay.wake if relay else None,
+        database=database,
     )
 
 
@@ -146,7 +152,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
         on_flowing=health.dead_letters_flowing,
     )
     relay = await notice_relay(settings, producer, stack)
-    sweeper = await late_key_sweeper(settings, pool, stack, relay)
+    sweeper = await late_key_sweeper(settings, pool, stack, relay, database=database)
     worker = Worker(
         consumer=kafka.group_consumer(settings),
         handler=build_handler(settings, pool, dead_letters, health, relay, database=database),

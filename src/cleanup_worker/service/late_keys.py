@@ -26,7 +26,7 @@ from cleanup_worker.adapters.sqlstate import is_transient
 from cleanup_worker.domain.late_keys import group_has_caught_up, settle_cutoff
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
-from cleanup_worker.retries import retrying
+from cleanup_worker.retries import Reachability, retrying
 
 log = get_logger(__name__)
 
@@ -89,8 +89,12 @@ class LateKeySweeper:
         retry_max_wait_s: float,
         announce: bool = False,
         on_revoked: Callable[[], None] | None = None,
+        database: Reachability | None = None,
     ) -> None:
         self._pool = pool
+        # After an outage the sweep resumes with the batches, not a backoff later (R1's
+        # re-check promises 2 s).
+        self._database = database
         self._progress = progress  # None: R6 is off
         self._settle = timedelta(seconds=settle_s)
         self._interval_s = interval_s
@@ -123,7 +127,10 @@ class LateKeySweeper:
 
     async def _sweep_retrying(self) -> Swept | None:
         async for attempt in retrying(
-            "database.late_key_sweep", on=is_transient, wait_max=self._retry_max_wait_s
+            "database.late_key_sweep",
+            on=is_transient,
+            wait_max=self._retry_max_wait_s,
+            reachability=self._database,
         ):
             with attempt:
                 return await self.sweep()
