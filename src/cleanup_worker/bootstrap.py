@@ -54,12 +54,16 @@ async def start_producer(settings: Settings, stack: AsyncExitStack) -> Producer:
 
 
 async def notice_relay(
-    settings: Settings, producer: Producer, stack: AsyncExitStack
+    settings: Settings,
+    producer: Producer,
+    stack: AsyncExitStack,
+    *,
+    database: Reachability | None = None,
 ) -> NoticeRelay | None:
     """The outbox relay, on a connection of its own, when notices are on (DESIGN §4b)."""
     if settings.revocations_topic is None:
         return None
-    pool = await postgres.create_pool(settings, max_size=1)
+    pool = await postgres.create_pool(settings, max_size=1, reachable=database)
     stack.push_async_callback(pool.close)
     return NoticeRelay(
         pool,
@@ -69,6 +73,7 @@ async def notice_relay(
         source=settings.revocation_event_source,
         batch_size=settings.relay_batch_size,
         retry_max_wait_s=settings.retry_max_wait_s,
+        database=database,
     )
 
 
@@ -151,7 +156,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
         on_blocked=health.dead_letters_blocked,
         on_flowing=health.dead_letters_flowing,
     )
-    relay = await notice_relay(settings, producer, stack)
+    relay = await notice_relay(settings, producer, stack, database=database)
     sweeper = await late_key_sweeper(settings, pool, stack, relay, database=database)
     worker = Worker(
         consumer=kafka.group_consumer(settings),

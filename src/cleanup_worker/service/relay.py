@@ -23,7 +23,7 @@ from cleanup_worker.adapters.postgres import Pool
 from cleanup_worker.adapters.sqlstate import is_transient
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
-from cleanup_worker.retries import retrying
+from cleanup_worker.retries import Reachability, retrying
 
 log = get_logger(__name__)
 
@@ -50,6 +50,7 @@ class NoticeRelay:
         poll_s: float = 0.5,
         publish_timeout_s: float = 30.0,
         backlog_every_s: float = 5.0,
+        database: Reachability | None = None,
     ) -> None:
         self._pool = pool
         self._producer = producer
@@ -61,6 +62,7 @@ class NoticeRelay:
         self._poll_s = poll_s
         self._publish_timeout_s = publish_timeout_s
         self._backlog_every_s = backlog_every_s
+        self._database = database
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.published = 0
@@ -87,8 +89,14 @@ class NoticeRelay:
                 await measuring
 
     async def _publish_retrying(self) -> int:
+        # After an outage the notices must follow the revocations within a second: the wait
+        # for an unreachable database is its probe's, and a refusing broker is asked again
+        # at least every second (one loop per replica, so that stays gentle).
         async for attempt in retrying(
-            "kafka.notices.publish", on=_worth_retrying, wait_max=self._retry_max_wait_s
+            "kafka.notices.publish",
+            on=_worth_retrying,
+            wait_max=min(self._retry_max_wait_s, 1.0),
+            reachability=self._database,
         ):
             with attempt:
                 if self._stopping.is_set():
