@@ -22,7 +22,7 @@ from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.service.process import WorkerProcess
 from cleanup_worker.settings import Settings
 from tests.services import ROOT, Services
-from tests.support.database import ledger_size
+from tests.support.database import ledger_size, seed_keys_for
 from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
 from tests.support.metrics import sample_total
@@ -108,14 +108,6 @@ def _removals(count: int) -> list[MembershipEvent]:
     return [event("removed", "acct", f"user-{run}-{i}", at(10)) for i in range(count)]
 
 
-async def _seed(db: Any, events: list[MembershipEvent]) -> None:
-    await db.executemany(
-        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
-        "VALUES (gen_random_uuid(), $1, $2, 'h', $3)",
-        [(e.account_id, e.iam_id, at(0)) for e in events],
-    )
-
-
 async def _publish(settings: Settings, events: list[MembershipEvent], per_s: float) -> None:
     """Publishes at a steady pace, so that faults land while records flow."""
     async with publisher(settings) as pub:
@@ -192,7 +184,7 @@ async def test_latency_with_jitter(
 ) -> None:
     """100 ms ± 50 ms each way on one link: slower, nothing lost, ready throughout."""
     events = _removals(300)
-    await _seed(db, events)
+    await seed_keys_for(db, events)
     target = links.database if link == "database" else links.broker
     async with running_worker(proxied) as process:
         await _ready_again(process)
@@ -210,7 +202,7 @@ async def test_link_down_and_up(
     """The link goes away for 5 s mid-stream (connections closed, new ones refused): not
     ready meanwhile but live, and everything applied once it is back."""
     events = _removals(400)
-    await _seed(db, events)
+    await seed_keys_for(db, events)
     target = links.database if link == "database" else links.broker
     async with running_worker(proxied) as process:
         await _ready_again(process)
@@ -241,7 +233,7 @@ async def test_black_hole_mid_stream(
     connections stay open, the bytes are held) while batches and commits are in flight: not
     ready meanwhile but live, and everything applied once the link carries data again."""
     events = _removals(400)
-    await _seed(db, events)
+    await seed_keys_for(db, events)
     target = links.database if link == "database" else links.broker
     async with running_worker(proxied) as process:
         await _ready_again(process)
@@ -265,7 +257,7 @@ async def test_bandwidth_limit_on_the_broker_link(
 ) -> None:
     """Fetches squeezed through 16 KB/s: everything applied, in more and smaller batches."""
     events = _removals(300)
-    await _seed(db, events)
+    await seed_keys_for(db, events)
     async with running_worker(proxied) as process:
         await _ready_again(process)
         await links.broker.add("bandwidth", stream="downstream", rate=16)
@@ -280,7 +272,7 @@ async def test_black_hole_on_the_broker_during_dead_letter_publishing(
     """Malformed records arrive while the broker link drops every byte: once it is back,
     each one is in the dead-letter topic and the valid removals around them are applied."""
     events = _removals(100)
-    await _seed(db, events)
+    await seed_keys_for(db, events)
     async with running_worker(proxied) as process, publisher(settings) as pub:
         await _ready_again(process)
         await pub.events(events[:50])
@@ -312,7 +304,7 @@ async def test_reset_after_commit_before_its_answer_applies_once(
     so (the "did it commit?" case): the retried batch finds its events in the ledger, and every
     key stays revoked once, by its own event, at the first commit's time."""
     events = _removals(50)
-    await _seed(db, events)
+    await seed_keys_for(db, events)
     async with publisher(settings) as pub:
         await pub.events(events, partition=0)
     # Answers from the database take 0.5 s: the commit is visible to us well before the worker

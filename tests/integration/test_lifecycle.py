@@ -13,7 +13,7 @@ import pytest
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
 from tests.services import Services
-from tests.support.database import ledger_size, revoked_keys, seed_key
+from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for
 from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher
 from tests.support.metrics import scrape
@@ -26,14 +26,6 @@ STREAM = 3000
 
 def _removals(count: int) -> list[MembershipEvent]:
     return [event("removed", "acct", f"user-{i}", at(10)) for i in range(count)]
-
-
-async def _seed_keys_for(db: Any, events: list[MembershipEvent]) -> None:
-    await db.executemany(
-        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
-        "VALUES (gen_random_uuid(), $1, $2, 'h', $3)",
-        [(e.account_id, e.iam_id, at(0)) for e in events],
-    )
 
 
 async def _publish(settings: Settings, events: list[MembershipEvent]) -> None:
@@ -65,7 +57,7 @@ async def test_sigterm_mid_stream_drains_and_exits_zero(settings: Settings, db: 
     """SIGTERM while consuming: exit 0 within the grace, and every committed offset's effects
     are in the database (nothing committed ahead of its transaction)."""
     events = _removals(STREAM)
-    await _seed_keys_for(db, events)
+    await seed_keys_for(db, events)
     await _publish(settings, events)
     worker = await spawn_worker(settings, CLEANUP_BATCH_MAX_RECORDS="100")
 
@@ -88,7 +80,7 @@ async def test_sigterm_mid_stream_drains_and_exits_zero(settings: Settings, db: 
 async def test_sigkill_mid_stream_then_restart_ends_right(settings: Settings, db: Any) -> None:
     """A worker SIGKILLed mid-stream and restarted ends with every event applied once."""
     events = _removals(STREAM)
-    await _seed_keys_for(db, events)
+    await seed_keys_for(db, events)
     await _publish(settings, events)
     first = await spawn_worker(settings, CLEANUP_BATCH_MAX_RECORDS="100")
 
@@ -132,7 +124,7 @@ async def test_postgres_restart_mid_stream_loses_nothing(
     and every event is applied."""
     db = await asyncpg.connect(database_url)
     events = _removals(STREAM)
-    await _seed_keys_for(db, events)
+    await seed_keys_for(db, events)
     await db.close()
     async with running_worker(settings) as process:
         assert process.http is not None
@@ -173,7 +165,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
     """The Kafka broker restarted between two halves of a stream: readiness drops while it is
     away, the worker carries on by itself, and every event is applied and committed."""
     events = _removals(STREAM)
-    await _seed_keys_for(db, events)
+    await seed_keys_for(db, events)
     async with running_worker(settings) as process:
         assert process.http is not None
         assert process.http.port is not None
@@ -268,7 +260,7 @@ async def test_rebalance_during_a_stuck_batch_neither_cancels_it_nor_crashes(
     drain gives up, the batch goes on, nobody crashes, and every event ends applied."""
     quick_drain = settings.model_copy(update={"rebalance_drain_s": 1.0})
     events = _removals(300)
-    await _seed_keys_for(db, events)
+    await seed_keys_for(db, events)
     blocker = await asyncpg.connect(database_url)
     try:
         await blocker.execute("INSERT INTO member_locks VALUES ('acct', 'user-0')")

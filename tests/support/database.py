@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from cleanup_worker.domain.events import Member
+from cleanup_worker.domain.events import Member, MembershipEvent
 from cleanup_worker.domain.rules import Membership, State
+from tests.support.events import T0
 
 
 async def seed_key(
@@ -70,3 +72,12 @@ async def rewrite_revocations(db: Any, statement: str, *args: Any) -> None:
         await db.execute(
             "ALTER TABLE api_keys ENABLE ALWAYS TRIGGER api_keys_revocation_is_permanent"
         )
+
+
+async def seed_keys_for(db: Any, events: Sequence[MembershipEvent]) -> None:
+    """One key, created long before them, for the member of each event."""
+    await db.executemany(
+        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
+        "VALUES (gen_random_uuid(), $1, $2, 'h', $3)",
+        [(e.account_id, e.iam_id, T0) for e in events],
+    )
