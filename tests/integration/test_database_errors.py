@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 from typing import Any
 
 from cleanup_worker.adapters import dlq
@@ -15,7 +14,7 @@ from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
 from tests.support.metrics import sample, scrape
-from tests.support.processes import running_worker, spawn_worker
+from tests.support.processes import free_port, running_worker, spawn_worker
 from tests.support.waiting import eventually
 
 # Revoking a key of the member "slow" takes a second: longer than the statement timeout.
@@ -55,20 +54,13 @@ async def test_statement_timeout_isolates_the_costly_event(settings: Settings, d
     assert sample("cleanup_isolated_failures_total") - isolated_before == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_transient_error_is_logged_once_and_counted_once(settings: Settings, db: Any) -> None:
     """A batch that waits past its lock timeout (55P03) is retried, not dead-lettered: each
     retry is one log line naming the module, the operation and the error class, and one
     cleanup_retries_total."""
     key = await seed_key(db, "acct", "alice", at(0))
     await db.execute("INSERT INTO member_locks (account_id, iam_id) VALUES ('acct', 'alice')")
-    port = _free_port()
+    port = free_port()
     holder = db  # this test's connection holds alice's member lock while the worker tries
     transaction = holder.transaction()
     await transaction.start()

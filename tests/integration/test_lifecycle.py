@@ -18,7 +18,7 @@ from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher
 from tests.support.metrics import scrape
 from tests.support.outages import restart_dev_service
-from tests.support.processes import running_worker, spawn_worker
+from tests.support.processes import http_get, running_worker, spawn_worker
 from tests.support.waiting import eventually
 
 STREAM = 3000
@@ -107,13 +107,8 @@ async def test_sigkill_mid_stream_then_restart_ends_right(settings: Settings, db
 
 
 async def _http_status(port: int, path: str) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    status_line = await reader.readline()
-    writer.close()
-    await writer.wait_closed()
-    return int(status_line.split()[1])
+    status, _ = await http_get(port, path)
+    return status
 
 
 @pytest.mark.timeout(180)

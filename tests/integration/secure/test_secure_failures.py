@@ -25,11 +25,11 @@ from tests.integration.secure.conftest import (
     over_mtls,
     over_scram,
 )
-from tests.integration.secure.test_secure_worker import free_port, ready
+from tests.integration.secure.test_secure_worker import ready
 from tests.support.database import ledger_size, seed_key
 from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher
-from tests.support.processes import spawn_worker
+from tests.support.processes import free_port, spawn_worker
 from tests.support.waiting import eventually
 
 Case = Callable[[SecureServices, Settings], Settings]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from typing import Any
 
 import aiohttp
@@ -17,15 +16,8 @@ from tests.integration.secure.conftest import TRANSPORTS, SecureServices
 from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
-from tests.support.processes import spawn_worker
+from tests.support.processes import free_port, spawn_worker
 from tests.support.waiting import eventually
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def ready(port: int) -> bool:
