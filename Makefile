@@ -66,7 +66,7 @@ fuzz: install services
 	CLEANUP_FUZZ_SEED=$(SEED) CLEANUP_FUZZ_RECORDS=$(RECORDS) CLEANUP_FUZZ_RUNS=$(RUNS) \
 		$(BIN)/pytest tests/integration/test_hostile_records.py -rA
 
-# A randomized chaos run checked against the oracle (tests/chaos.py, docs/reliability.md):
+# A randomized chaos run checked against the oracle (tests/chaos/, docs/reliability.md):
 # SEED empty picks a fresh seed and prints it, so a failure can be rerun.
 SEED ?=
 DURATION ?= 60

@@ -132,7 +132,7 @@ async def test_postgres_restart_mid_stream_loses_nothing(
         await eventually(ready)
         publishing = asyncio.create_task(_publish(settings, events))
         await asyncio.sleep(0.5)
-        restart = asyncio.create_task(restart_dev_service(services, "postgres", pause_s=3))
+        restart = asyncio.create_task(restart_dev_service("postgres", pause_s=3))
 
         async def not_ready() -> bool:
             return await _http_status(port, "/readyz") == 503
@@ -171,7 +171,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
             return await ledger_size(db) == STREAM // 2
 
         await eventually(first_half, timeout=60)
-        restart = asyncio.create_task(restart_dev_service(services, "kafka", pause_s=3))
+        restart = asyncio.create_task(restart_dev_service("kafka", pause_s=3))
 
         async def not_ready() -> bool:
             return await _http_status(port, "/readyz") == 503

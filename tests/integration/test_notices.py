@@ -230,7 +230,7 @@ async def test_broker_outage_then_every_notice_arrives(
     orphans = [await seed_key(db, "acct", f"gone{i}", at(0)) for i in range(8)]
     async with running_worker(settings):
         began = time.monotonic()
-        await stop_dev_service(services, "kafka")
+        await stop_dev_service("kafka")
         code, _, err = await cli(settings, "backfill", "--execute", "--max-fraction", "1", "--json")
         assert code == 0, err
         assert await outbox_size(db) == len(orphans)
@@ -257,7 +257,7 @@ async def test_database_outage_then_every_notice_arrives(
             await eventually(lambda: announced_all(db, settings))
         finally:
             await db.close()
-        await stop_dev_service(services, "postgres")
+        await stop_dev_service("postgres")
         await pub.events(second)
         await asyncio.sleep(OUTAGE_S)
         await start_dev_services()

@@ -8,16 +8,17 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.services import ROOT, Services
+from tests.services import ROOT
 
 # PostgreSQL stops at once on SIGINT (fast shutdown); the broker shuts down cleanly on SIGTERM.
 _STOP_SIGNALS = {"postgres": signal.SIGINT, "kafka": signal.SIGTERM}
 
 
-async def stop_dev_service(services: Services, name: str) -> None:
+async def stop_dev_service(name: str) -> None:
     """Stops one of the dev services by its pid file and waits until it is gone."""
-    assert services.origin == "dev-services", f"stopping {name} needs the dev services"
-    pid = int((ROOT / ".dev" / f"{name}.pid").read_text().strip())
+    pid_file = ROOT / ".dev" / f"{name}.pid"
+    assert pid_file.exists(), f"stopping {name} needs the dev services (scripts/dev-services up)"
+    pid = int(pid_file.read_text().strip())
     os.kill(pid, _STOP_SIGNALS[name])
     async with asyncio.timeout(60):
         while await asyncio.to_thread(Path(f"/proc/{pid}").exists):
@@ -36,8 +37,8 @@ async def start_dev_services() -> None:
     assert result.returncode == 0
 
 
-async def restart_dev_service(services: Services, name: str, pause_s: float) -> None:
+async def restart_dev_service(name: str, pause_s: float) -> None:
     """Stops one of the dev services, waits `pause_s`, and brings it back."""
-    await stop_dev_service(services, name)
+    await stop_dev_service(name)
     await asyncio.sleep(pause_s)
     await start_dev_services()
