@@ -4,11 +4,16 @@ a transient error is retried, logged once and counted once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from typing import Any
 
+import asyncpg
+
 from cleanup_worker.adapters import dlq
+from cleanup_worker.adapters.postgres import SESSION_LIMITS, connect, create_pool
+from cleanup_worker.adapters.sqlstate import is_transient, is_unreachable
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, event
@@ -106,3 +111,37 @@ async def test_transient_error_is_logged_once_and_counted_once(settings: Setting
     assert not [line for line in lines if str(line.get("event", "")).startswith("stamina")]
     assert all("module" in line for line in lines)
     assert not await read_topic(settings, settings.dlq_topic)
+
+
+async def test_sessions_carry_limits_for_clients_that_vanish(settings: Settings) -> None:
+    """Every pool session tells the server to end it when it idles inside a transaction, and
+    to probe and time out a silent peer, so that a vanished worker's locks are let go."""
+    pool = await create_pool(settings, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            for name, value in SESSION_LIMITS.items():
+                shown = await conn.fetchval("SELECT setting FROM pg_settings WHERE name = $1", name)
+                assert shown == value, name
+    finally:
+        await pool.close()
+
+
+async def test_a_session_ended_for_idling_in_a_transaction_is_retried(
+    settings: Settings,
+) -> None:
+    """What the server raises when it ends a session idle in a transaction is classified as
+    the connection gone: retried (after a probe), never a reason to stop."""
+    raised: list[BaseException] = []
+    async with connect(settings) as conn:
+        with contextlib.suppress(asyncpg.InterfaceError):  # the rollback finds no session
+            async with conn.transaction():
+                await conn.execute("SET LOCAL idle_in_transaction_session_timeout = 100")
+                await asyncio.sleep(1)
+                try:
+                    await conn.fetchval("SELECT 1")
+                except Exception as exc:
+                    raised.append(exc)
+                    raise
+    assert raised, "the server did not end the session"
+    assert is_transient(raised[0]), repr(raised[0])
+    assert is_unreachable(raised[0]), repr(raised[0])

@@ -252,6 +252,34 @@ async def test_black_hole_mid_stream(
         await _ready_again(process)
 
 
+@pytest.mark.timeout(240)
+async def test_broker_stall_longer_than_the_request_timeout(
+    links: Links, settings: Settings, proxied: Settings, db: Any
+) -> None:
+    """The broker link holds every byte for 45 s, past aiokafka's 40 s request timeout: the
+    stalled fetches, heartbeats and commits time out and are sent again on new connections,
+    the worker stays live and unready meanwhile, and everything is applied afterwards."""
+    events = _removals(300)
+    await seed_keys_for(db, events)
+    async with running_worker(proxied) as process:
+        await _ready_again(process)
+        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
+        await eventually(lambda: _some_applied(db), timeout=30)
+        async with (
+            links.broker.toxic("timeout", stream="upstream", timeout=0),
+            links.broker.toxic("timeout", stream="downstream", timeout=0),
+        ):
+            await _not_ready_but_live(process)
+            for _ in range(9):  # 45 s, looking every 5 s
+                await asyncio.sleep(5)
+                assert await _status(process, "/livez") == 200
+                assert await _status(process, "/readyz") == 503
+            await _offsets_not_ahead_of_ledger(settings, db)
+        await publishing
+        await _all_done(settings, db, events)
+        await _ready_again(process)
+
+
 async def test_bandwidth_limit_on_the_broker_link(
     links: Links, settings: Settings, proxied: Settings, db: Any
 ) -> None:

@@ -25,6 +25,7 @@ UNAVAILABLE: list[type[asyncpg.PostgresError]] = [
     asyncpg.CannotConnectNowError,  # 57P03
     asyncpg.ConnectionFailureError,  # 08006
     asyncpg.TooManyConnectionsError,  # 53300
+    asyncpg.IdleInTransactionSessionTimeoutError,  # 25P03: the server ended the session
 ]
 PER_EVENT: list[type[asyncpg.PostgresError]] = [
     asyncpg.UniqueViolationError,  # 23505
@@ -129,6 +130,7 @@ def test_other_errors_are_no_refused_login(error: type[asyncpg.PostgresError]) -
         asyncpg.AdminShutdownError("x"),  # 57P01
         asyncpg.CannotConnectNowError("x"),  # 57P03
         asyncpg.ConnectionFailureError("x"),  # 08006
+        asyncpg.IdleInTransactionSessionTimeoutError("x"),  # 25P03
     ],
 )
 def test_unreachable(error: Exception) -> None:

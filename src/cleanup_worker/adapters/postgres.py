@@ -26,6 +26,22 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
+# What the server does about a client that went away without a word (a partition, a
+# SIGKILLed pod whose TCP connection stays half-open): left to the kernel's defaults it keeps
+# the session, and the session's locks on members, outbox rows and the sweep's cursor, for
+# two hours. Our transactions never wait for anything but the network inside, the longest
+# being the relay's broker acknowledgement (30 s), so a minute idle inside one means the
+# client is gone; probes find a dead peer of an idle session within 30 + 3 x 10 s; and data
+# unacknowledged for a minute ends the connection.
+SESSION_LIMITS = {
+    "idle_in_transaction_session_timeout": "60000",
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
+
+
 def command_timeout_s(settings: Settings) -> float:
     """The client's bound on one statement: the server's statement timeout, and a margin for
     the answer to arrive. A stalled link ends a statement (and its rollback) after this."""
@@ -90,6 +106,7 @@ async def create_pool(
                     # retried) and never as a statement timeout (57014), which would dead-letter
                     # a valid event as too costly.
                     "lock_timeout": str(min(settings.database_statement_timeout_ms // 2, 10_000)),
+                    **SESSION_LIMITS,
                 },
             )
     raise AssertionError("unreachable: stamina retries forever")  # pragma: no cover
@@ -111,7 +128,7 @@ async def connect(settings: Settings) -> AsyncIterator[asyncpg.Connection[asyncp
             with attempt:
                 conn = await asyncpg.connect(
                     dsn=settings.database_url.get_secret_value(),
-                    server_settings={"application_name": "cleanup-worker"},
+                    server_settings={"application_name": "cleanup-worker", **SESSION_LIMITS},
                 )
     except Exception as exc:
         if is_login_refused(exc):
