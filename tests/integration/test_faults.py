@@ -123,6 +123,14 @@ async def _status(process: WorkerProcess, path: str) -> int:
     return status
 
 
+async def _assert_ready(process: WorkerProcess) -> None:
+    """Ready now; otherwise the failure shows which part of /readyz said no."""
+    assert process.http is not None
+    assert process.http.port is not None
+    status, body = await http_get(process.http.port, "/readyz")
+    assert status == 200, body
+
+
 async def _offsets_not_ahead_of_ledger(settings: Settings, db: Any) -> None:
     """Every record below a committed offset is in the ledger (each record here is a
     distinct removal): no offset was committed before its transaction."""
@@ -192,7 +200,7 @@ async def test_latency_with_jitter(
         await target.add("latency", stream="upstream", latency=100, jitter=50)
         await _publish(settings, events, per_s=200)
         await _all_done(settings, db, events)
-        assert await _status(process, "/readyz") == 200
+        await _assert_ready(process)
 
 
 @pytest.mark.parametrize("link", ["database", "broker"])
@@ -291,7 +299,7 @@ async def test_bandwidth_limit_on_the_broker_link(
         await links.broker.add("bandwidth", stream="downstream", rate=16)
         await _publish(settings, events, per_s=1000)
         await _all_done(settings, db, events)
-        assert await _status(process, "/readyz") == 200
+        await _assert_ready(process)
 
 
 async def test_black_hole_on_the_broker_during_dead_letter_publishing(

@@ -54,6 +54,10 @@ class GroupConsumer(_Client, Protocol):
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
 
+    async def end_offsets(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, int]: ...
+
 
 class PartitionReader(_Client, Protocol):
     """A consumer outside any group that reads chosen partitions (`standalone_consumer`)."""

@@ -234,11 +234,17 @@ class Worker:
             log.warning("kafka.rebalance.drain_timeout", seconds=self._rebalance_drain_s)
 
     async def ping_broker(self) -> bool:
-        """Readiness: a metadata request. The consumer itself retries quietly, so ask the
-        cluster."""
+        """Readiness: the end offset of one of our partitions, asked of its leader. The
+        consumer itself retries quietly, so ask. Not the cluster's metadata: on a cluster of
+        thousands of topics that answer is large, and over a slow link it alone outlasts the
+        ping's 2 s."""
+        assigned = sorted(self.consumer.assignment())
         try:
             async with asyncio.timeout(2):
-                await self.consumer.topics()
+                if assigned:
+                    await self.consumer.end_offsets(assigned[:1])
+                else:  # not ready anyway (no partitions); say whether the broker answers
+                    await self.consumer.topics()
         except Exception:  # noqa: BLE001 - any failure means "not ready"; the caller needs a bool
             return False
         return True
