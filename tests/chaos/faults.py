@@ -149,8 +149,11 @@ class Backfill:
                     *resume,
                     "--max-fraction",
                     "1",
+                    # Small and paced (a candidate a second: 10-20 s), so that faults land in it.
                     "--batch-size",
                     "5",
+                    "--max-rate",
+                    "1",
                     *scope,
                     env=self.env,
                     stdout=log,

@@ -19,10 +19,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from cleanup_worker.domain.events import MembershipEvent
+from cleanup_worker.service.backfill import Backfill
+from cleanup_worker.service.backfill_options import BackfillRequest
 from cleanup_worker.service.process import WorkerProcess
 from cleanup_worker.settings import Settings
 from tests.services import ROOT, Services
-from tests.support.database import ledger_size, seed_keys_for
+from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for
 from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
 from tests.support.metrics import sample_total
@@ -286,6 +288,53 @@ async def test_broker_stall_longer_than_the_request_timeout(
         await publishing
         await _all_done(settings, db, events)
         await _ready_again(process)
+
+
+@pytest.mark.parametrize("fault", ["down", "reset"])
+async def test_backfill_goes_on_after_losing_its_connection(
+    fault: str, links: Links, proxied: Settings, db: Any
+) -> None:
+    """The backfill's connection is lost mid-run (the link down for 2 s, or reset): it
+    reconnects and continues the same run from its last batch, and ends `completed` with
+    every orphan revoked once, by that run."""
+    run = uuid.uuid4().hex[:6]
+    orphans = [await seed_key(db, f"acct-{run}", f"gone-{i}", at(0)) for i in range(40)]
+    # A member who stays (a table with no active member is refused as never loaded)
+    await db.execute(
+        "INSERT INTO account_memberships VALUES ($1, 'staying', 'active', NULL, $2)",
+        f"acct-{run}",
+        at(0),
+    )
+    staying = await seed_key(db, f"acct-{run}", "staying", at(0))
+    request = BackfillRequest(
+        execute=True, batch_size=4, max_rate=20, max_fraction=1.0, accounts=(f"acct-{run}",)
+    )
+    retried = sample_total("cleanup_retries_total", operation="database.backfill")
+    backfill = asyncio.create_task(Backfill(proxied, request).run())
+    await eventually(lambda: _revoked_at_least(db, 8), timeout=30, interval=0.05)
+    if fault == "down":
+        async with links.database.down():
+            await asyncio.sleep(2)
+    else:
+        async with links.database.toxic("reset_peer", stream="upstream", timeout=0):
+            await asyncio.sleep(0.5)
+    summary = await asyncio.wait_for(backfill, 90)
+
+    assert summary.status == "completed"
+    assert summary.revoked_now == len(orphans)
+    revoked = await revoked_keys(db)
+    assert {revoked.get(key) for key in orphans} == {("orphaned", f"backfill:{summary.run_id}")}
+    assert staying not in revoked
+    assert sample_total("cleanup_retries_total", operation="database.backfill") > retried
+    status = await db.fetchval(
+        "SELECT status FROM backfill_runs WHERE run_id = $1", summary.run_id
+    )
+    assert status == "completed"
+
+
+async def _revoked_at_least(db: Any, count: int) -> bool:
+    revoked: int = await db.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL")
+    return revoked >= count
 
 
 async def test_bandwidth_limit_on_the_broker_link(

@@ -13,6 +13,11 @@ batch's short transaction. The steps:
    finish identically.
 
 SIGTERM (or SIGINT) lets the current batch commit, records the run as `stopped`, and returns.
+
+A lost connection (a network fault, a PostgreSQL restart) takes the lock and the TEMP tables
+with it, but not the checkpoint: the run reconnects and goes on as `--resume` would, from
+the last committed batch (a dry run starts again), until the database cannot be reached for
+the connect timeout.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from cleanup_worker.adapters.backfill_runs import Assessment, RunRecord
 from cleanup_worker.adapters.keys import MembershipSource
 from cleanup_worker.adapters.membership_file import LoadedFile
 from cleanup_worker.adapters.postgres import Connection
-from cleanup_worker.adapters.sqlstate import is_lost_race
+from cleanup_worker.adapters.sqlstate import is_lost_race, is_unreachable
 from cleanup_worker.domain.rules import OrphanReason
 from cleanup_worker.errors import AlreadyRunning, BackfillError, BackfillRefused
 from cleanup_worker.logging import get_logger
@@ -68,6 +73,7 @@ class Backfill:
         self.request = request
         self.reporter: Reporter = reporter or QuietReporter()
         self._stop = asyncio.Event()
+        self._summary: Summary | None = None  # of the run, once its record exists
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -76,6 +82,26 @@ class Backfill:
 
     async def run(self) -> Summary:
         started = time.monotonic()
+        async for attempt in retrying(
+            "database.backfill",
+            on=self._reconnect_after,
+            wait_max=self.settings.retry_max_wait_s,
+        ):
+            with attempt:
+                return await self._connected(started)
+        raise AssertionError("unreachable: stamina retries until it returns or raises")
+
+    def _reconnect_after(self, exc: Exception) -> bool:
+        """A lost connection is worth a new one, unless the operator asked us to stop; the
+        run then continues where its last batch committed."""
+        if not is_unreachable(exc) or self._stop.is_set():
+            return False
+        if self._summary is not None and self._summary.execute:
+            self.request = replace(self.request, resume=True)
+        return True
+
+    async def _connected(self, started: float) -> Summary:
+        """The run on one connection, from the lock to the summary."""
         async with postgres.connect(self.settings) as conn:
             await backfill_runs.configure_session(conn, self.settings.database_statement_timeout_ms)
             if not await backfill_runs.try_lock(conn):
@@ -85,10 +111,15 @@ class Backfill:
                     f"another backfill is running{holder}; only one runs at a time"
                 )
             await backfill_runs.mark_interrupted(conn)
+            if (done := await self._completed_before_the_loss(conn, started)) is not None:
+                return done
             file = None
             if self.request.memberships is not None:
                 file = await membership_file.load(conn, self.request.memberships)
             summary, prior = await self._open_run(conn, file)
+            if self._summary is not None and self._summary.run_id == summary.run_id:
+                summary.continues(self._summary)
+            self._summary = summary
             try:
                 await self._run(conn, summary, prior, started)
             except BackfillRefused:
@@ -100,6 +131,21 @@ class Backfill:
                     )
                 raise
             return summary
+
+    async def _completed_before_the_loss(self, conn: Connection, started: float) -> Summary | None:
+        """Our run, if the connection was lost after its completion had committed (then only
+        the answer was lost): nothing is left to resume."""
+        summary = self._summary
+        if summary is None or not summary.execute:
+            return None
+        latest = await backfill_runs.latest_execute_run(conn)
+        if latest is None or latest.run_id != summary.run_id or latest.status != "completed":
+            return None
+        summary.status = "completed"
+        summary.duration_s = time.monotonic() - started
+        self.reporter.finished()
+        log.info("backfill.completed", run_id=str(summary.run_id), mode=summary.mode)
+        return summary
 
     async def _open_run(
         self, conn: Connection, file: LoadedFile | None

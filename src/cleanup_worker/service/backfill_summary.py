@@ -41,6 +41,14 @@ class Summary:
     def keys_revoked(self) -> int:
         return sum(self.revoked.values())
 
+    def continues(self, before: Summary) -> None:
+        """This summary is the same run as `before`, resumed in the same process after a lost
+        connection: what `before` did counts too."""
+        self.revoked_now += before.revoked_now
+        self.examined += before.examined
+        self.batches += before.batches
+        self.longest_transaction_s = max(self.longest_transaction_s, before.longest_transaction_s)
+
     @property
     def rate(self) -> float:
         """Keys revoked per second by this session, over its whole duration."""
