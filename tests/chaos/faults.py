@@ -129,9 +129,11 @@ class Backfill:
     accounts: tuple[str, ...]
     log: Path
     attempts: list[int] = field(default_factory=list)  # exit codes
+    _log_from: int = 0  # where this run's lines start in the (shared) log
 
     async def run(self, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
+        self._log_from = self.log.stat().st_size if self.log.exists() else 0
         scope = [arg for account in self.accounts for arg in ("--account", account)]
         resumed = False
         while not self.attempts or self.attempts[-1] != 0:
@@ -164,4 +166,9 @@ class Backfill:
                 await asyncio.sleep(1)
 
     def said(self) -> str:
-        return f"backfill exit codes {self.attempts}" if self.attempts else "backfill not run"
+        if not self.attempts:
+            return "backfill not run"
+        with self.log.open("rb") as log:
+            log.seek(self._log_from)
+            reconnects = log.read().count(b'"operation": "database.backfill"')
+        return f"backfill exit codes {self.attempts}, {reconnects} reconnections"
