@@ -33,20 +33,17 @@ from dataclasses import replace
 from cleanup_worker.adapters import backfill_runs, keys, membership_file, postgres
 from cleanup_worker.adapters.backfill_runs import Assessment, RunRecord
 from cleanup_worker.adapters.keys import MembershipSource
-from cleanup_worker.adapters.membership_file import LoadedFile
 from cleanup_worker.adapters.postgres import Connection
 from cleanup_worker.adapters.sqlstate import is_lost_race, is_unreachable
 from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.errors import AlreadyRunning, BackfillError, BackfillRefused
+from cleanup_worker.errors import AlreadyRunning, BackfillRefused
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import retrying
+from cleanup_worker.service import backfill_record
 from cleanup_worker.service.backfill_options import (
     BackfillRequest,
-    RunOptions,
-    new_options,
     refusal,
-    resumed_options,
 )
 from cleanup_worker.service.backfill_summary import (
     TOP,
@@ -58,8 +55,6 @@ from cleanup_worker.service.backfill_summary import (
 from cleanup_worker.settings import Settings
 
 log = get_logger(__name__)
-
-_RESUMABLE = frozenset({"running", "interrupted", "stopped", "refused", "failed"})
 
 
 class Backfill:
@@ -111,12 +106,16 @@ class Backfill:
                     f"another backfill is running{holder}; only one runs at a time"
                 )
             await backfill_runs.mark_interrupted(conn)
-            if (done := await self._completed_before_the_loss(conn, started)) is not None:
-                return done
+            before = self._summary
+            if before is not None and await backfill_record.completed_meanwhile(conn, before):
+                before.status, before.duration_s = "completed", time.monotonic() - started
+                self.reporter.finished()
+                log.info("backfill.completed", run_id=str(before.run_id))
+                return before
             file = None
             if self.request.memberships is not None:
                 file = await membership_file.load(conn, self.request.memberships)
-            summary, prior = await self._open_run(conn, file)
+            summary, prior = await backfill_record.open_run(conn, self.request, file)
             if self._summary is not None and self._summary.run_id == summary.run_id:
                 summary.continues(self._summary)
             self._summary = summary
@@ -131,48 +130,6 @@ class Backfill:
                     )
                 raise
             return summary
-
-    async def _completed_before_the_loss(self, conn: Connection, started: float) -> Summary | None:
-        """Our run, if the connection was lost after its completion had committed (then only
-        the answer was lost): nothing is left to resume."""
-        summary = self._summary
-        if summary is None or not summary.execute:
-            return None
-        latest = await backfill_runs.latest_execute_run(conn)
-        if latest is None or latest.run_id != summary.run_id or latest.status != "completed":
-            return None
-        summary.status = "completed"
-        summary.duration_s = time.monotonic() - started
-        self.reporter.finished()
-        log.info("backfill.completed", run_id=str(summary.run_id), mode=summary.mode)
-        return summary
-
-    async def _open_run(
-        self, conn: Connection, file: LoadedFile | None
-    ) -> tuple[Summary, RunRecord | None]:
-        """The run's record: a new one, or (with --resume) the interrupted run it continues."""
-        request = self.request
-        if not request.resume:
-            options = new_options(request, file)
-            summary = Summary(uuid.uuid4(), request.execute, "running", options)
-            await backfill_runs.create_run(conn, summary.run_id, summary.mode, options.as_json())
-            return summary, None
-        prior = await backfill_runs.latest_execute_run(conn)
-        if prior is None:
-            raise BackfillError("nothing to resume: no backfill has run with --execute")
-        if prior.status not in _RESUMABLE:
-            raise BackfillError(f"nothing to resume: the latest run {prior.run_id} completed")
-        options = resumed_options(prior.run_id, RunOptions.from_json(prior.options), request, file)
-        if request.execute:
-            await backfill_runs.restart_run(conn, prior.run_id, options.as_json())
-            summary = Summary(prior.run_id, True, "running", options, resumed=True)
-            summary.revoked = {reason: n for reason, n in prior.revoked.items() if n}
-            return summary, prior
-        # A dry run of --resume: what the interrupted run still has to do, in a record of its own.
-        options = replace(options, resumes=prior.run_id)
-        summary = Summary(uuid.uuid4(), False, "running", options, resumed=True)
-        await backfill_runs.create_run(conn, summary.run_id, "dry_run", options.as_json())
-        return summary, prior
 
     async def _run(
         self, conn: Connection, summary: Summary, prior: RunRecord | None, started: float
