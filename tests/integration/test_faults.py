@@ -326,9 +326,7 @@ async def test_backfill_goes_on_after_losing_its_connection(
     assert {revoked.get(key) for key in orphans} == {("orphaned", f"backfill:{summary.run_id}")}
     assert staying not in revoked
     assert sample_total("cleanup_retries_total", operation="database.backfill") > retried
-    status = await db.fetchval(
-        "SELECT status FROM backfill_runs WHERE run_id = $1", summary.run_id
-    )
+    status = await db.fetchval("SELECT status FROM backfill_runs WHERE run_id = $1", summary.run_id)
     assert status == "completed"
 
 
