@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -29,6 +29,7 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
     if use_json:
         processors.append(structlog.processors.dict_tracebacks)
     processors.append(renderer)
+    _route_library_logs(stream, renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -37,6 +38,43 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+# The one handler we put on the standard library's root logger (replaced on reconfiguration).
+_library_handler: logging.Handler | None = None
+
+
+def _route_library_logs(stream: TextIO, renderer: structlog.typing.Processor) -> None:
+    """The libraries' own warnings (aiokafka's, asyncpg's) as our lines: same renderer,
+    `module` naming their logger. Without a handler Python prints them bare on stderr, and a
+    bare line breaks every JSON log pipeline. Below WARNING they are chatter."""
+    global _library_handler  # noqa: PLW0603 - one process, one root logger
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _module_from_logger_name,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    if _library_handler is not None:
+        root.removeHandler(_library_handler)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    _library_handler = handler
+
+
+def _module_from_logger_name(
+    _: Any, __: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["module"] = record.name
+    return event_dict
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

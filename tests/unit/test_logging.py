@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -53,3 +54,21 @@ def test_every_module_logs_under_its_own_name() -> None:
             if path.name != "logging.py" and call != "__name__":
                 offenders.append(f"{path.name}: get_logger({call})")
     assert offenders == []
+
+
+def test_library_warnings_are_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """A library's own warning (aiokafka logs through the standard library) comes out as one
+    of our JSON lines, naming the library's logger, not as a bare line."""
+    configure_logging("json", "info")
+    try:
+        logging.getLogger("aiokafka.client").error("Unable to update metadata from %s", [])
+        logging.getLogger("aiokafka.client").info("chatter below WARNING")
+        lines = capsys.readouterr().err.strip().splitlines()
+    finally:
+        structlog.reset_defaults()
+    assert len(lines) == 1, lines
+    line = json.loads(lines[0])
+    assert line["event"] == "Unable to update metadata from []"
+    assert line["module"] == "aiokafka.client"
+    assert line["level"] == "error"
+    assert "timestamp" in line
