@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ import structlog
 from cleanup_worker.logging import configure_logging, get_logger
 
 SRC = Path(__file__).parents[2] / "src" / "cleanup_worker"
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """configure_logging puts a handler on the root logger, bound to this test's stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_json_line_names_its_module(capsys: pytest.CaptureFixture[str]) -> None:
