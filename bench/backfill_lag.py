@@ -30,12 +30,12 @@ from bench.backfill import seed as seed_backfill_data
 from bench.consumer import (
     PARTITIONS,
     Worker,
-    free_port,
     percentile,
     print_targets,
     removal,
     scrape,
     seed_keys,
+    worker_env,
 )
 from bench.services import scratch_database, service_env
 
@@ -115,20 +115,7 @@ async def measure(args: argparse.Namespace, replicas: int) -> list[tuple[str, st
         await seed_keys(db, args.rate * (args.seconds + 60), prefix="lag")
         await db.close()
         workers = [
-            Worker(
-                {
-                    "PATH": "/usr/bin:/bin",
-                    "CLEANUP_DATABASE_URL": url,
-                    "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                    "CLEANUP_KAFKA_TOPICS": topic,
-                    "CLEANUP_DLQ_TOPIC": f"{topic}.dlq",
-                    "CLEANUP_KAFKA_GROUP_ID": f"group-{topic}",
-                    "CLEANUP_HTTP_PORT": str(free_port()),
-                    "CLEANUP_HTTP_HOST": "127.0.0.1",
-                    "CLEANUP_LOG_LEVEL": "warning",
-                },
-                os.devnull,
-            )
+            Worker(worker_env(bootstrap, url, topic, f"group-{topic}"), os.devnull)
             for _ in range(replicas)
         ]
         for worker in workers:

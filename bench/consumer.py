@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -32,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.services import scratch_database, service_env
 from cleanup_worker.adapters.cloudevents import parse_record
 from cleanup_worker.domain.events import Change, EventTypes, MembershipEvent
+from tests.support.processes import free_port
 
 T_KEYS = datetime(2026, 1, 1, tzinfo=UTC)
 T_REMOVED = T_KEYS + timedelta(days=1)
@@ -164,13 +164,6 @@ def busy_seconds(times: Any) -> float:
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def scrape(port: int) -> list[Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
@@ -218,6 +211,25 @@ def percentile(buckets: dict[float, float], q: float) -> float:
             return previous_bound + (bound - previous_bound) * share
         previous_bound, previous_count = bound, count
     return bounds[-1]
+
+
+def worker_env(
+    bootstrap: str, db_url: str, topic: str, group: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a benchmarked `cleanup-worker run` (its DLQ is `<topic>.dlq`)."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "CLEANUP_DATABASE_URL": db_url,
+        "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CLEANUP_KAFKA_TOPICS": topic,
+        "CLEANUP_DLQ_TOPIC": f"{topic}.dlq",
+        "CLEANUP_KAFKA_GROUP_ID": group,
+        "CLEANUP_HTTP_PORT": str(free_port()),
+        "CLEANUP_HTTP_HOST": "127.0.0.1",
+        "CLEANUP_LOG_FORMAT": "json",
+        "CLEANUP_LOG_LEVEL": "warning",
+        **(extra or {}),
+    }
 
 
 class Worker:
@@ -326,20 +338,9 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  naive consumer:   {naive_rate:,.0f} events/s ({args.naive_events} events)")
         await reset(db)
 
-        worker_env = {
-            "PATH": "/usr/bin:/bin",
-            "CLEANUP_DATABASE_URL": db_url,
-            "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "CLEANUP_KAFKA_TOPICS": topic,
-            "CLEANUP_DLQ_TOPIC": f"{topic}.dlq",
-            "CLEANUP_KAFKA_GROUP_ID": f"bench-{suffix}",
-            "CLEANUP_HTTP_PORT": str(free_port()),
-            "CLEANUP_HTTP_HOST": "127.0.0.1",
-            "CLEANUP_LOG_FORMAT": "json",
-            "CLEANUP_LOG_LEVEL": "warning",
-            **dict(item.split("=", 1) for item in args.worker_env),
-        }
-        async with Worker(worker_env, args.worker_log) as worker:
+        extra = dict(item.split("=", 1) for item in args.worker_env)
+        env = worker_env(bootstrap, db_url, topic, f"bench-{suffix}", extra)
+        async with Worker(env, args.worker_log) as worker:
             cpu_before = psutil.Process(worker.process.pid).cpu_times()
             machine_before = psutil.cpu_times()
             first, last, first_count = await wait_for_applied(worker.port, n, timeout=600)

@@ -35,7 +35,6 @@ from bench.consumer import (
     PARTITIONS,
     T_REMOVED,
     Worker,
-    free_port,
     percentile,
     print_targets,
     publish,
@@ -43,6 +42,7 @@ from bench.consumer import (
     scrape,
     seed_keys,
     wait_for_applied,
+    worker_env,
 )
 from bench.services import scratch_database, service_env
 
@@ -61,22 +61,6 @@ async def new_topic(bootstrap: str) -> str:
     await admin.create_topics([NewTopic(topic, PARTITIONS, 1), NewTopic(f"{topic}.dlq", 1, 1)])
     await admin.close()
     return topic
-
-
-def worker_env(bootstrap: str, db_url: str, topic: str, extra: dict[str, str]) -> dict[str, str]:
-    return {
-        "PATH": "/usr/bin:/bin",
-        "CLEANUP_DATABASE_URL": db_url,
-        "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CLEANUP_KAFKA_TOPICS": topic,
-        "CLEANUP_DLQ_TOPIC": f"{topic}.dlq",
-        "CLEANUP_KAFKA_GROUP_ID": f"group-{topic}",
-        "CLEANUP_HTTP_PORT": str(free_port()),
-        "CLEANUP_HTTP_HOST": "127.0.0.1",
-        "CLEANUP_LOG_FORMAT": "json",
-        "CLEANUP_LOG_LEVEL": "warning",
-        **extra,
-    }
 
 
 async def metric_values(port: int, family_name: str) -> dict[str, float]:
@@ -150,7 +134,9 @@ async def throughput(
     await seed_keys(db, n, prefix=prefix)
     await publish(bootstrap, topic, [removal(u, T_REMOVED, prefix=prefix) for u in range(n)])
     extra = {"CLEANUP_LATE_KEY_SETTLE_S": str(args.settle)} if on else OFF
-    async with Worker(worker_env(bootstrap, db_url, topic, extra), args.worker_log) as worker:
+    async with Worker(
+        worker_env(bootstrap, db_url, topic, f"group-{topic}", extra), args.worker_log
+    ) as worker:
         meter = CpuMeter(db, worker.process.pid)
         await meter.start()
         creating = asyncio.create_task(key_service(pool, prefix, n, args.key_rate))
@@ -216,7 +202,9 @@ async def steady(
                     )
         await asyncio.gather(*holders)
 
-    async with Worker(worker_env(bootstrap, db_url, topic, extra), args.worker_log) as worker:
+    async with Worker(
+        worker_env(bootstrap, db_url, topic, f"group-{topic}", extra), args.worker_log
+    ) as worker:
         await load()
         await producer.stop()
         ids = [key for key, _ in concurrent] + late

@@ -28,7 +28,6 @@ from bench.consumer import (
     PARTITIONS,
     T_REMOVED,
     Worker,
-    free_port,
     percentile,
     print_targets,
     publish,
@@ -37,6 +36,7 @@ from bench.consumer import (
     scrape,
     seed_keys,
     wait_for_applied,
+    worker_env,
 )
 from bench.services import scratch_database, service_env
 
@@ -137,28 +137,16 @@ async def main(args: argparse.Namespace) -> None:
         await seed_keys(db, n, prefix="u")
         await publish(bootstrap, topic, [removal(u, T_REMOVED) for u in range(n)])
 
-        def worker_env(group: str, notices: bool) -> dict[str, str]:
-            settings = {
-                "PATH": "/usr/bin:/bin",
-                "CLEANUP_DATABASE_URL": db_url,
-                "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "CLEANUP_KAFKA_TOPICS": topic,
-                "CLEANUP_DLQ_TOPIC": f"{topic}.dlq",
-                "CLEANUP_KAFKA_GROUP_ID": f"bench-{group}-{suffix}",
-                "CLEANUP_HTTP_PORT": str(free_port()),
-                "CLEANUP_HTTP_HOST": "127.0.0.1",
-                "CLEANUP_LOG_LEVEL": "warning",
-            }
-            if notices:
-                settings["CLEANUP_REVOCATIONS_TOPIC"] = notices_topic
-            return settings
+        def env_of(group: str, notices: bool) -> dict[str, str]:
+            extra = {"CLEANUP_REVOCATIONS_TOPIC": notices_topic} if notices else {}
+            return worker_env(bootstrap, db_url, topic, f"bench-{group}-{suffix}", extra)
 
         rates: dict[bool, list[float]] = {False: [], True: []}
         announced: list[float] = []
         for trial in range(args.trials):
             for notices in (False, True) if trial % 2 == 0 else (True, False):
                 rate, keys_rate = await consume(
-                    worker_env(f"{trial}{notices}", notices), n, notices=notices
+                    env_of(f"{trial}{notices}", notices), n, notices=notices
                 )
                 rates[notices].append(rate)
                 if keys_rate is None:
@@ -174,7 +162,7 @@ async def main(args: argparse.Namespace) -> None:
         off, on = median(rates[False]), median(rates[True])
         # The steady phase reads a topic of its own from its start.
         await create_topics(bootstrap, f"{topic}.steady")
-        steady_env = worker_env("steady", True) | {"CLEANUP_KAFKA_TOPICS": f"{topic}.steady"}
+        steady_env = env_of("steady", True) | {"CLEANUP_KAFKA_TOPICS": f"{topic}.steady"}
         notice, revocation = await steady(
             bootstrap, f"{topic}.steady", db, steady_env, args.rate, args.seconds
         )

@@ -88,10 +88,7 @@ class Schedule:
                 await asyncio.sleep(seconds)
             return "link down"
         if kind == "stall":  # a black hole: data accepted, never delivered, no reset
-            async with (
-                link.toxic("timeout", stream="upstream", timeout=0),
-                link.toxic("timeout", stream="downstream", timeout=0),
-            ):
+            async with link.stalled():
                 await asyncio.sleep(seconds)
             return "stalled"
         if kind == "reset":  # connections reset by the peer, some in mid-request

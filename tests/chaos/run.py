@@ -28,7 +28,7 @@ from tests.chaos.verdict import (
     late_key_delays,
 )
 from tests.support.database import membership_rows, seed_key
-from tests.support.kafka import committed_offsets, end_offsets, read_topic
+from tests.support.kafka import all_committed, read_topic
 from tests.support.toxiproxy import (
     database_address,
     kafka_proxy_addresses,
@@ -168,10 +168,7 @@ async def consumed(env: dict[str, str], group: str, topic: str) -> None:
         kafka_group_id=group,
     )
     async with asyncio.timeout(240):
-        while True:
-            ends = {p: o for p, o in (await end_offsets(settings)).items() if o}
-            if await committed_offsets(settings) == ends:
-                return
+        while not await all_committed(settings):
             await asyncio.sleep(1)
 
 

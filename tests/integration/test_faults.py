@@ -26,7 +26,7 @@ from cleanup_worker.settings import Settings
 from tests.services import ROOT, Services
 from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for
 from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
+from tests.support.kafka import all_committed, committed_offsets, publisher, read_topic
 from tests.support.metrics import sample_total
 from tests.support.processes import http_get, running_worker
 from tests.support.toxiproxy import (
@@ -156,19 +156,13 @@ async def _all_done(settings: Settings, db: Any, events: list[MembershipEvent]) 
 
     await eventually(finished, timeout=90)
 
-    await eventually(lambda: _all_committed(settings), timeout=60)
+    await eventually(lambda: all_committed(settings), timeout=60)
     await _offsets_not_ahead_of_ledger(settings, db)
     wrong = await db.fetchval(
         "SELECT count(*) FROM api_keys k JOIN membership_events e "
         "ON e.iam_id = k.iam_id AND k.revoked_by <> 'event:' || e.source || '#' || e.event_id"
     )
     assert wrong == 0, "a key was revoked by another event than its owner's removal"
-
-
-async def _all_committed(settings: Settings) -> bool:
-    """Every record in a partition that has any is committed."""
-    ends = {p: offset for p, offset in (await end_offsets(settings)).items() if offset}
-    return await committed_offsets(settings) == ends
 
 
 async def _ready_again(process: WorkerProcess) -> None:
@@ -249,10 +243,7 @@ async def test_black_hole_mid_stream(
         await _ready_again(process)
         publishing = asyncio.create_task(_publish(settings, events, per_s=100))
         await eventually(lambda: _some_applied(db), timeout=30)
-        async with (
-            target.toxic("timeout", stream="upstream", timeout=0),
-            target.toxic("timeout", stream="downstream", timeout=0),
-        ):
+        async with target.stalled():
             await _not_ready_but_live(process)
             await asyncio.sleep(stall_s - 2)
             await _offsets_not_ahead_of_ledger(settings, db)
@@ -275,10 +266,7 @@ async def test_broker_stall_longer_than_the_request_timeout(
         await _ready_again(process)
         publishing = asyncio.create_task(_publish(settings, events, per_s=100))
         await eventually(lambda: _some_applied(db), timeout=30)
-        async with (
-            links.broker.toxic("timeout", stream="upstream", timeout=0),
-            links.broker.toxic("timeout", stream="downstream", timeout=0),
-        ):
+        async with links.broker.stalled():
             await _not_ready_but_live(process)
             for _ in range(9):  # 45 s, looking every 5 s
                 await asyncio.sleep(5)
@@ -360,10 +348,7 @@ async def test_black_hole_on_the_broker_during_dead_letter_publishing(
         await _ready_again(process)
         await pub.events(events[:50])
         await eventually(lambda: _applied_at_least(db, 50), timeout=30)
-        async with (
-            links.broker.toxic("timeout", stream="upstream", timeout=0),
-            links.broker.toxic("timeout", stream="downstream", timeout=0),
-        ):
+        async with links.broker.stalled():
             for i in range(5):
                 await pub.raw(b"not json %d" % i, key=b"bad-%d" % i, partition=i % 3)
             await pub.events(events[50:])
@@ -373,7 +358,7 @@ async def test_black_hole_on_the_broker_during_dead_letter_publishing(
         letters = await read_topic(settings, settings.dlq_topic)
         assert {r.value for r in letters} >= {b"not json %d" % i for i in range(5)}
 
-        await eventually(lambda: _all_committed(settings), timeout=60)
+        await eventually(lambda: all_committed(settings), timeout=60)
 
 
 async def _applied_at_least(db: Any, count: int) -> bool:

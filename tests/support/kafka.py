@@ -95,6 +95,13 @@ async def committed_offsets(settings: Settings) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
+async def all_committed(settings: Settings) -> bool:
+    """Every record in a partition of the settings' topic that has any is committed by the
+    settings' group."""
+    ends = {p: offset for p, offset in (await end_offsets(settings)).items() if offset}
+    return await committed_offsets(settings) == ends
+
+
 async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()

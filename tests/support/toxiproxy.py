@@ -144,6 +144,16 @@ class Link:
             await self.remove(name)
 
     @asynccontextmanager
+    async def stalled(self) -> AsyncIterator[None]:
+        """A black hole for the duration of the block: the `timeout` toxic with 0 both ways,
+        so connections stay open and every byte is held, and no peer hears a reset."""
+        async with (
+            self.toxic("timeout", stream="upstream", timeout=0),
+            self.toxic("timeout", stream="downstream", timeout=0),
+        ):
+            yield
+
+    @asynccontextmanager
     async def down(self) -> AsyncIterator[None]:
         """The link down for the duration of the block."""
         await self.set_enabled(False)
