@@ -90,6 +90,7 @@ async def run(seed: int, duration: float) -> bool:
                 bootstrap_servers=env["CLEANUP_KAFKA_BOOTSTRAP_SERVERS"],
                 acks="all",
                 request_timeout_ms=10_000,
+                retry_backoff_ms=500,  # as the worker's, not 100 ms while the broker restarts
             )
             await producer.start()
             traffic = Traffic(producer, topic, PARTITIONS, random.Random(rng.getrandbits(64)))
