@@ -78,8 +78,8 @@ demo: install services
 	$(BIN)/python scripts/demo.py
 
 schema: install
-	$(BIN)/python -m cleanup_worker.adapters.event_schema > docs/event-schema.json
-	$(BIN)/python -m cleanup_worker.adapters.event_schema notice > docs/revocation-notice-schema.json
+	$(BIN)/python -m cleanup_worker.adapters.cloudevents.schema > docs/event-schema.json
+	$(BIN)/python -m cleanup_worker.adapters.cloudevents.schema notice > docs/revocation-notice-schema.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.services import scratch_database, service_env
-from cleanup_worker.adapters.cloudevents import parse_record
+from cleanup_worker.adapters.cloudevents.binding import parse_record
 from cleanup_worker.domain.events import Change, EventTypes, MembershipEvent
 from tests.support.processes import free_port
 

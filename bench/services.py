@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from cleanup_worker.adapters.migrator import migrate
+from cleanup_worker.adapters.postgres.migrator import migrate
 from tests.services import dev_env
 
 ROOT = Path(__file__).resolve().parent.parent

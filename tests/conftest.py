@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from cleanup_worker.adapters.migrator import migrate
+from cleanup_worker.adapters.postgres.migrator import migrate
 from cleanup_worker.retries import install_retry_hooks
 from cleanup_worker.settings import Settings
 from tests.services import HOW_TO, Services, discover

@@ -17,21 +17,22 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from cleanup_worker.adapters import kafka, postgres
-from cleanup_worker.adapters.dlq import DeadLetterPublisher
-from cleanup_worker.adapters.group_progress import GroupProgress
-from cleanup_worker.adapters.kafka import Producer
-from cleanup_worker.adapters.migrator import Migration, migrate
-from cleanup_worker.adapters.postgres import Pool
+from cleanup_worker.adapters.kafka import clients as kafka
+from cleanup_worker.adapters.kafka.clients import Producer
+from cleanup_worker.adapters.kafka.dead_letter_topic import DeadLetterPublisher
+from cleanup_worker.adapters.kafka.group_progress import GroupProgress
+from cleanup_worker.adapters.postgres import connections as postgres
+from cleanup_worker.adapters.postgres.connections import Pool
+from cleanup_worker.adapters.postgres.migrator import Migration, migrate
 from cleanup_worker.errors import ServiceUnavailable
 from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import Reachability, retrying
-from cleanup_worker.service.classify import RecordClassifier
-from cleanup_worker.service.consumer import Worker
-from cleanup_worker.service.handler import BatchHandler
-from cleanup_worker.service.late_keys import LateKeySweeper
-from cleanup_worker.service.process import Consuming, WorkerProcess, run_until_signalled
-from cleanup_worker.service.relay import NoticeRelay
+from cleanup_worker.service.apply.classify import RecordClassifier
+from cleanup_worker.service.apply.handler import BatchHandler
+from cleanup_worker.service.run.consumer import Worker
+from cleanup_worker.service.run.late_keys import LateKeySweeper
+from cleanup_worker.service.run.process import Consuming, WorkerProcess, run_until_signalled
+from cleanup_worker.service.run.relay import NoticeRelay
 from cleanup_worker.settings import Settings
 
 

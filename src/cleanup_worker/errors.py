@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # a refusal carries the run's summary for the command to print
-    from cleanup_worker.service.backfill_summary import Summary
+    from cleanup_worker.service.backfill.summary import Summary
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command could not do its work (a service down, a bad file, ...)

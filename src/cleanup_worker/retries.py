@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import stamina
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
-from cleanup_worker.adapters import kafka_errors
+from cleanup_worker.adapters.kafka import errors as kafka_errors
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 

@@ -7,7 +7,7 @@ client (migrate, backfill) does not load one just to configure its logs.
 
 from __future__ import annotations
 
-from cleanup_worker.adapters import kafka_errors
+from cleanup_worker.adapters.kafka import errors as kafka_errors
 from cleanup_worker.logging import configure_logging
 from cleanup_worker.retries import install_retry_hooks
 from cleanup_worker.settings import Settings

@@ -19,8 +19,9 @@ from tests.integration.hostile import Shot
 from tests.support.kafka import send_null_record
 
 # A dead letter carries the original record and repeats its key in a header; it is dropped
-# to fit the producer's 1 MiB request limit (adapters/dlq.py: first the value, then the key)
-# only when that sum comes within ~48 KiB of it. Every smaller record must arrive whole.
+# to fit the producer's 1 MiB request limit (adapters/kafka/dead_letter_topic.py: first the
+# value, then the key) only when that sum comes within ~48 KiB of it. Every smaller record
+# must arrive whole.
 FORWARDED_WHOLE_UP_TO = 1_000_000
 # Producers may compress their batches: every codec Kafka has, and none.
 CODECS = [None, "gzip", "snappy", "lz4", "zstd"]

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from cleanup_worker.adapters import backfill_runs, keys
-from cleanup_worker.adapters.keys import MembershipSource
+from cleanup_worker.adapters.postgres import backfill_runs, keys
+from cleanup_worker.adapters.postgres.keys import MembershipSource
 from cleanup_worker.domain.rules import Membership, OrphanReason, State, orphan_reason
 from cleanup_worker.errors import BackfillError
-from cleanup_worker.service.backfill import Backfill
-from cleanup_worker.service.backfill_options import BackfillRequest
-from cleanup_worker.service.backfill_summary import Summary
+from cleanup_worker.service.backfill.job import Backfill
+from cleanup_worker.service.backfill.options import BackfillRequest
+from cleanup_worker.service.backfill.summary import Summary
 from cleanup_worker.settings import Settings
 from tests.support.database import revoked_keys, seed_key
 from tests.support.events import at

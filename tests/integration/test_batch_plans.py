@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cleanup_worker.adapters import keys, memberships
+from cleanup_worker.adapters.postgres import keys, memberships
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 MEMBERS = 30

@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cleanup_worker.adapters import dlq
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, membership_rows, revoked_keys, seed_key
 from tests.support.events import at, event

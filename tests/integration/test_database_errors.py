@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from cleanup_worker.adapters import dlq
-from cleanup_worker.adapters.postgres import SESSION_LIMITS, connect, create_pool
-from cleanup_worker.adapters.sqlstate import is_transient, is_unreachable
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
+from cleanup_worker.adapters.postgres.connections import SESSION_LIMITS, connect, create_pool
+from cleanup_worker.adapters.postgres.sqlstate import is_transient, is_unreachable
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, event

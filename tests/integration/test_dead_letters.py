@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cleanup_worker import __version__
-from cleanup_worker.adapters import dlq
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, binary, event, structured

@@ -11,11 +11,11 @@ from uuid import UUID
 import pytest
 
 from cleanup_worker import __version__
-from cleanup_worker.adapters import dlq
-from cleanup_worker.adapters.kafka import Record
-from cleanup_worker.adapters.redrives import Redriven
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
+from cleanup_worker.adapters.kafka.clients import Record
+from cleanup_worker.adapters.postgres.redrives import Redriven
 from cleanup_worker.domain.events import EventTypes, MembershipEvent
-from cleanup_worker.service.classify import RecordClassifier
+from cleanup_worker.service.apply.classify import RecordClassifier
 from cleanup_worker.service.dead_letters import fingerprint, inspect
 from cleanup_worker.settings import Settings
 from tests.support.database import revoked_keys, seed_key

@@ -19,9 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from cleanup_worker.domain.events import MembershipEvent
-from cleanup_worker.service.backfill import Backfill
-from cleanup_worker.service.backfill_options import BackfillRequest
-from cleanup_worker.service.process import WorkerProcess
+from cleanup_worker.service.backfill.job import Backfill
+from cleanup_worker.service.backfill.options import BackfillRequest
+from cleanup_worker.service.run.process import WorkerProcess
 from cleanup_worker.settings import Settings
 from tests.services import ROOT, Services
 from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for

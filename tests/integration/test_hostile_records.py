@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from cleanup_worker import __version__
-from cleanup_worker.adapters import dlq
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
 from tests.integration.hostile import CANARY, MEMBERS, T0, Shot
@@ -102,8 +102,8 @@ def _original_place(letter: Any) -> Place:
 
 def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings) -> bool:
     """Provenance that tells the truth, and the original record, byte for byte (less what
-    adapters/dlq.py drops, with its size, from a record too large to forward whole); says
-    whether anything was dropped."""
+    adapters/kafka/dead_letter_topic.py drops, with its size, from a record too large to
+    forward whole); says whether anything was dropped."""
     headers = [(name, value) for name, value in letter.headers]
     provenance = {name: value for name, value in headers if name in dlq.PROVENANCE_HEADERS}
     key_size = provenance.pop(dlq.H_KEY_DROPPED, None)
@@ -113,7 +113,7 @@ def _check_dead_letter(letter: Any, place: Place, shot: Shot, settings: Settings
     if fits_whole(shot):
         assert not reduced, f"{shot.kind} was not forwarded whole"
     # A record with neither key nor value is the one a Kafka client cannot write back: its
-    # letter has an empty key (adapters/dlq.py), and no dlq.original.key.
+    # letter has an empty key (adapters/kafka/dead_letter_topic.py), and no dlq.original.key.
     nothing = shot.key is None and shot.value is None
     if key_size is None:
         assert letter.key == (b"" if nothing else shot.key)

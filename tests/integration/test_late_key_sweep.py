@@ -13,11 +13,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from cleanup_worker.adapters import kafka, memberships
-from cleanup_worker.adapters.group_progress import GroupProgress
+from cleanup_worker.adapters.kafka import clients as kafka
+from cleanup_worker.adapters.kafka.group_progress import GroupProgress
+from cleanup_worker.adapters.postgres import memberships
 from cleanup_worker.domain.late_keys import late_key_removal, recheck_removal
 from cleanup_worker.domain.rules import derive_membership
-from cleanup_worker.service.late_keys import LateKeySweeper, Swept
+from cleanup_worker.service.run.late_keys import LateKeySweeper, Swept
 from cleanup_worker.settings import Settings
 from tests.support.database import revoked_keys, seed_key
 from tests.support.events import at

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from cleanup_worker.service.late_keys import (
+from cleanup_worker.service.run.late_keys import (
     CLOCK_MARGIN,
     RULE_LATE_KEY,
     RULE_RECHECK,

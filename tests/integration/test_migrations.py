@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cleanup_worker.adapters.migrator import available_migrations, migrate
+from cleanup_worker.adapters.postgres.migrator import available_migrations, migrate
 from cleanup_worker.errors import MigrationError
 from tests.conftest import with_database
 from tests.services import Services

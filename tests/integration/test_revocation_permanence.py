@@ -8,9 +8,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cleanup_worker.adapters.sqlstate import REVOCATION_IS_PERMANENT, is_per_event, is_transient
-from cleanup_worker.service.backfill import Backfill
-from cleanup_worker.service.backfill_options import BackfillRequest
+from cleanup_worker.adapters.postgres.sqlstate import (
+    REVOCATION_IS_PERMANENT,
+    is_per_event,
+    is_transient,
+)
+from cleanup_worker.service.backfill.job import Backfill
+from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, event

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pydantic import SecretStr
 
 from cleanup_worker.bootstrap import worker_process
-from cleanup_worker.service.process import WorkerProcess
+from cleanup_worker.service.run.process import WorkerProcess
 from cleanup_worker.settings import Settings
 
 

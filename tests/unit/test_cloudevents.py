@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cleanup_worker.adapters.cloudevents import Header, parse_record
+from cleanup_worker.adapters.cloudevents.binding import Header, parse_record
 from cleanup_worker.domain.events import Change, EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.errors import MalformedEvent
 

@@ -1,11 +1,12 @@
-"""The forms a dead letter takes when it is too large to forward whole (adapters/dlq.py)."""
+"""The forms a dead letter takes when it is too large to forward whole
+(adapters/kafka/dead_letter_topic.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cleanup_worker.adapters import dlq
-from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
+from cleanup_worker.adapters.kafka.clients import Record
 
 FAILURE = dlq.Failure("MalformedEvent", "value: not valid JSON " + "x" * 5000)
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from cleanup_worker.adapters import event_schema as schema
-from cleanup_worker.adapters.cloudevents import event_json_schema, parse_record
+from cleanup_worker.adapters.cloudevents import schema
+from cleanup_worker.adapters.cloudevents.binding import event_json_schema, parse_record
 from cleanup_worker.domain.events import EventTypes, MembershipEvent
 
 SCHEMA_FILE = Path(__file__).parents[2] / "docs" / "event-schema.json"
 REGENERATE = (
     "docs/event-schema.json is stale; regenerate it with "
-    "`.venv/bin/python -m cleanup_worker.adapters.event_schema > docs/event-schema.json`"
+    "`.venv/bin/python -m cleanup_worker.adapters.cloudevents.schema > docs/event-schema.json`"
 )
 # DESIGN §3, verbatim.
 DESIGN_EXAMPLE = """
@@ -64,7 +64,8 @@ def test_checked_in_schema_is_current() -> None:
 
 
 def test_checked_in_schema_is_the_command_output(capsys: pytest.CaptureFixture[str]) -> None:
-    """The file is byte for byte what `python -m cleanup_worker.adapters.event_schema` prints."""
+    """The file is byte for byte what `python -m cleanup_worker.adapters.cloudevents.schema`
+    prints."""
     schema.main([])
     assert capsys.readouterr().out == SCHEMA_FILE.read_text(encoding="utf-8"), REGENERATE
 

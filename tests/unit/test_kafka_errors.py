@@ -11,7 +11,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from cleanup_worker.adapters import kafka_errors
+from cleanup_worker.adapters.kafka import errors as kafka_errors
 
 BOOTSTRAP_FAILED = KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9093)]")
 
@@ -77,7 +77,7 @@ def test_reconnects_mid_run_stay_visible() -> None:
 def test_a_stale_cause_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bootstrap failure logged long ago does not explain today's connection error."""
     now = [1000.0]
-    monkeypatch.setattr("cleanup_worker.adapters.kafka_errors.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("cleanup_worker.adapters.kafka.errors.time.monotonic", lambda: now[0])
     library_says('Unable connect to "h:1": [Error 58] SaslAuthenticationFailed: Authentication')
     now[0] += 600
     assert kafka_errors.describe(BOOTSTRAP_FAILED) == "broker unreachable"

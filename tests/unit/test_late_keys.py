@@ -8,7 +8,7 @@ from datetime import timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cleanup_worker.adapters.late_keys import Cursor
+from cleanup_worker.adapters.postgres.late_keys import Cursor
 from cleanup_worker.domain.events import Change, MembershipEvent
 from cleanup_worker.domain.late_keys import (
     group_has_caught_up,
@@ -17,7 +17,7 @@ from cleanup_worker.domain.late_keys import (
     settle_cutoff,
 )
 from cleanup_worker.domain.rules import HistoryEntry, Membership, derive_membership, unique_events
-from cleanup_worker.service.late_keys import advance
+from cleanup_worker.service.run.late_keys import advance
 from tests.oracle import KeyFact, expected_state, expected_with_late_keys
 from tests.unit.test_rules import (
     PROPERTY,

@@ -10,8 +10,9 @@ from uuid import UUID
 
 import pytest
 
-from cleanup_worker.adapters import event_schema, notices
-from cleanup_worker.adapters.outbox import OutboxRow
+from cleanup_worker.adapters.cloudevents import notices
+from cleanup_worker.adapters.cloudevents import schema as event_schema
+from cleanup_worker.adapters.postgres.outbox import OutboxRow
 
 SCHEMA_FILE = Path(__file__).parents[2] / "docs" / "revocation-notice-schema.json"
 REGENERATE = "docs/revocation-notice-schema.json is stale; regenerate it with `make schema`"

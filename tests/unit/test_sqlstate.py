@@ -1,11 +1,12 @@
-"""Database errors classified by SQLSTATE (adapters/sqlstate.py), one predicate at a time."""
+"""Database errors classified by SQLSTATE (adapters/postgres/sqlstate.py), one predicate at a
+time."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from cleanup_worker.adapters.sqlstate import (
+from cleanup_worker.adapters.postgres.sqlstate import (
     describe,
     is_login_refused,
     is_lost_race,

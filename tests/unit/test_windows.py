@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cleanup_worker.adapters.windows import (
+from cleanup_worker.adapters.kafka.windows import (
     AtOffsets,
     AtTime,
     Bound,

@@ -10,7 +10,7 @@ import typer
 
 from cleanup_worker.cli.app import app
 from cleanup_worker.cli.common import run_async, settings_or_exit
-from cleanup_worker.service.backfill_options import (
+from cleanup_worker.service.backfill.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_FRACTION,
     BackfillRequest,

@@ -129,7 +129,7 @@ def list_(
 
 
 async def _redrive(settings: Settings, *, execute: bool) -> RedriveReport:
-    from cleanup_worker.adapters import redrives  # noqa: PLC0415
+    from cleanup_worker.adapters.postgres import redrives  # noqa: PLC0415
     from cleanup_worker.bootstrap import operator_clients  # noqa: PLC0415 - keeps --help fast
     from cleanup_worker.service.dead_letters import redrive  # noqa: PLC0415
 

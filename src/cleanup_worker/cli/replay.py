@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cleanup_worker.adapters.windows import Bound, parse_when
+from cleanup_worker.adapters.kafka.windows import Bound, parse_when
 from cleanup_worker.cli.app import app
 from cleanup_worker.cli.common import run_async, settings_or_exit
 from cleanup_worker.cli.progress import ProgressDisplay
@@ -76,7 +76,7 @@ async def _replay(
     execute: bool,
     reprocess: bool,
 ) -> ReplayReport:
-    from cleanup_worker.adapters.windows import resolve_window  # noqa: PLC0415
+    from cleanup_worker.adapters.kafka.windows import resolve_window  # noqa: PLC0415
     from cleanup_worker.bootstrap import operator_clients  # noqa: PLC0415 - keeps --help fast
     from cleanup_worker.service.replay import replay as run_replay  # noqa: PLC0415
 

@@ -1,6 +1,7 @@
 """Membership events as the rules see them (DESIGN §2): what changed, for whom, and when.
 
-How they arrive (CloudEvents over Kafka) is an adapter's business: `adapters/cloudevents.py`.
+How they arrive (CloudEvents over Kafka) is an adapter's business:
+`adapters/cloudevents/binding.py`.
 """
 
 from __future__ import annotations

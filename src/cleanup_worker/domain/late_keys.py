@@ -1,6 +1,6 @@
 """Keys that slip past a removal (DESIGN §2): the R1 re-check and R6, as pure functions.
 
-The sweep's SQL (adapters/late_keys.py) implements these decisions for many keys at once;
+The sweep's SQL (adapters/postgres/late_keys.py) implements these decisions for many keys at once;
 the tests hold both to these functions and to the oracle.
 """
 

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from cleanup_worker.adapters import dlq, redrives
-from cleanup_worker.adapters.kafka import Admin, PartitionReader, Record
-from cleanup_worker.adapters.postgres import Pool
-from cleanup_worker.adapters.windows import WindowReader, resolve_window
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
+from cleanup_worker.adapters.kafka.clients import Admin, PartitionReader, Record
+from cleanup_worker.adapters.kafka.windows import WindowReader, resolve_window
+from cleanup_worker.adapters.postgres import redrives
+from cleanup_worker.adapters.postgres.connections import Pool
 from cleanup_worker.domain.events import IgnoredEvent, MembershipEvent
 from cleanup_worker.logging import get_logger
-from cleanup_worker.service.classify import FutureDated, RecordClassifier
-from cleanup_worker.service.handler import BatchHandler, BatchOutcome
+from cleanup_worker.service.apply.classify import FutureDated, RecordClassifier
+from cleanup_worker.service.apply.handler import BatchHandler, BatchOutcome
 from cleanup_worker.service.replay import summarize
 
 log = get_logger(__name__)

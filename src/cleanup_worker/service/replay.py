@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cleanup_worker.adapters.kafka import PartitionReader
-from cleanup_worker.adapters.windows import Partition, Span, WindowReader
+from cleanup_worker.adapters.kafka.clients import PartitionReader
+from cleanup_worker.adapters.kafka.windows import Partition, Span, WindowReader
 from cleanup_worker.logging import get_logger
-from cleanup_worker.service.handler import BatchHandler, BatchOutcome
+from cleanup_worker.service.apply.handler import BatchHandler, BatchOutcome
 
 log = get_logger(__name__)
 

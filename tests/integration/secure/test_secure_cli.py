@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from cleanup_worker.adapters import dlq
-from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
+from cleanup_worker.adapters.kafka.clients import Record
 from cleanup_worker.settings import Settings
 from tests.integration.secure.conftest import TRANSPORTS, SecureServices
 from tests.support.database import revoked_keys, seed_key

@@ -7,7 +7,7 @@ import ssl
 import pytest
 from pydantic import SecretStr
 
-from cleanup_worker.adapters.kafka import ssl_context
+from cleanup_worker.adapters.kafka.clients import ssl_context
 from cleanup_worker.errors import ConfigurationError
 from cleanup_worker.settings import Settings
 from tests.integration.secure.conftest import SecureServices, over_mtls

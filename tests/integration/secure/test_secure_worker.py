@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cleanup_worker.adapters import dlq
+from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.settings import Settings
 from tests.integration.secure.conftest import TRANSPORTS, SecureServices
 from tests.support.database import ledger_size, revoked_keys, seed_key

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from cleanup_worker.adapters.keys import ORPHAN_REASON_SQL, MembershipSource
-from cleanup_worker.adapters.locks import BACKFILL_LOCK_KEY
-from cleanup_worker.adapters.postgres import Connection
+from cleanup_worker.adapters.postgres.connections import Connection
+from cleanup_worker.adapters.postgres.keys import ORPHAN_REASON_SQL, MembershipSource
+from cleanup_worker.adapters.postgres.locks import BACKFILL_LOCK_KEY
 from cleanup_worker.domain.rules import OrphanReason
 
 # "backfill" in ASCII; only one backfill (dry run or not) runs at a time, per database.

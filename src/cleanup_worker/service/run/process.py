@@ -13,7 +13,7 @@ from typing import Protocol
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability.health import Health
 from cleanup_worker.observability.http import HealthServer
-from cleanup_worker.service.consumer import Worker
+from cleanup_worker.service.run.consumer import Worker
 
 log = get_logger(__name__)
 

@@ -30,8 +30,8 @@ __all__ = [
 _LOST_RACE = frozenset({"40001", "40P01", "55P03"})
 # The connection went away (08), the server is out of resources (53) or restarting (57P).
 # 25P03: the server ended a session that sat idle inside a transaction too long (our
-# sessions' idle_in_transaction_session_timeout, adapters/postgres.py): that session is gone,
-# and so is its transaction, as when the connection drops.
+# sessions' idle_in_transaction_session_timeout, adapters/postgres/connections.py): that
+# session is gone, and so is its transaction, as when the connection drops.
 _UNAVAILABLE_CLASSES = ("08", "53", "57P", "25P03")
 # Data exceptions (22) and integrity violations (23) belong to the data. A statement timeout
 # (57014) is treated alike: the batch is split until the event that is too costly on its own

@@ -7,9 +7,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cleanup_worker.adapters import keys, memberships
-from cleanup_worker.adapters.memberships import Member
-from cleanup_worker.adapters.postgres import Connection
+from cleanup_worker.adapters.postgres import keys, memberships
+from cleanup_worker.adapters.postgres.connections import Connection
+from cleanup_worker.adapters.postgres.memberships import Member
 from cleanup_worker.domain.events import Change, MembershipEvent
 from cleanup_worker.domain.rules import (
     HistoryEntry,

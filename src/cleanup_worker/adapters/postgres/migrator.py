@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from cleanup_worker.adapters.locks import MIGRATION_LOCK_KEY
-from cleanup_worker.adapters.postgres import Connection
+from cleanup_worker.adapters.postgres.connections import Connection
+from cleanup_worker.adapters.postgres.locks import MIGRATION_LOCK_KEY
 from cleanup_worker.errors import MigrationError
 from cleanup_worker.logging import get_logger
 

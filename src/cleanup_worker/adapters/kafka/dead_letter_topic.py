@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
 from cleanup_worker import __version__
-from cleanup_worker.adapters.kafka import Producer, Record
+from cleanup_worker.adapters.kafka.clients import Producer, Record
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import retrying

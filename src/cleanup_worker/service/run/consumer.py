@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from cleanup_worker.adapters.kafka import Fetched, GroupConsumer, Record
+from cleanup_worker.adapters.kafka.clients import Fetched, GroupConsumer, Record
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import retrying
-from cleanup_worker.service.handler import BatchHandler, BatchOutcome, ParsedBatch
+from cleanup_worker.service.apply.handler import BatchHandler, BatchOutcome, ParsedBatch
 
 log = get_logger(__name__)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
-from cleanup_worker.adapters.backfill_runs import Assessment
+from cleanup_worker.adapters.postgres.backfill_runs import Assessment
 from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.service.backfill_options import RunOptions
+from cleanup_worker.service.backfill.options import RunOptions
 
 TOP = 10  # accounts and keys listed in the summary
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from cleanup_worker.adapters.windows import topic_partitions
+from cleanup_worker.adapters.kafka.windows import topic_partitions
 
 
 def _ms(moment: datetime) -> int:

@@ -1,4 +1,5 @@
-"""Prints the JSON Schemas we publish: `python -m cleanup_worker.adapters.event_schema [notice]`.
+"""Prints the JSON Schemas we publish:
+`python -m cleanup_worker.adapters.cloudevents.schema [notice]`.
 
 `docs/event-schema.json` (the membership event) and `docs/revocation-notice-schema.json` (the
 notice) are this output; unit tests fail when they differ.
@@ -10,8 +11,8 @@ import json
 import sys
 from typing import Any
 
-from cleanup_worker.adapters.cloudevents import event_json_schema
-from cleanup_worker.adapters.notices import notice_json_schema
+from cleanup_worker.adapters.cloudevents.binding import event_json_schema
+from cleanup_worker.adapters.cloudevents.notices import notice_json_schema
 
 
 def render(schema: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """The backfill's run record (`backfill_runs`): which run a process works on, new or resumed.
 
-`service/backfill.py` runs it; `adapters/backfill_runs.py` has the SQL.
+`service/backfill/job.py` runs it; `adapters/postgres/backfill_runs.py` has the SQL.
 """
 
 from __future__ import annotations
@@ -8,18 +8,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from cleanup_worker.adapters import backfill_runs
-from cleanup_worker.adapters.backfill_runs import RunRecord
 from cleanup_worker.adapters.membership_file import LoadedFile
-from cleanup_worker.adapters.postgres import Connection
+from cleanup_worker.adapters.postgres import backfill_runs
+from cleanup_worker.adapters.postgres.backfill_runs import RunRecord
+from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.errors import BackfillError
-from cleanup_worker.service.backfill_options import (
+from cleanup_worker.service.backfill.options import (
     BackfillRequest,
     RunOptions,
     new_options,
     resumed_options,
 )
-from cleanup_worker.service.backfill_summary import Summary
+from cleanup_worker.service.backfill.summary import Summary
 
 _RESUMABLE = frozenset({"running", "interrupted", "stopped", "refused", "failed"})
 

@@ -30,22 +30,24 @@ from collections import Counter
 from contextlib import suppress
 from dataclasses import replace
 
-from cleanup_worker.adapters import backfill_runs, keys, membership_file, postgres
-from cleanup_worker.adapters.backfill_runs import Assessment, RunRecord
-from cleanup_worker.adapters.keys import MembershipSource
-from cleanup_worker.adapters.postgres import Connection
-from cleanup_worker.adapters.sqlstate import is_lost_race, is_unreachable
+from cleanup_worker.adapters import membership_file
+from cleanup_worker.adapters.postgres import backfill_runs, keys
+from cleanup_worker.adapters.postgres import connections as postgres
+from cleanup_worker.adapters.postgres.backfill_runs import Assessment, RunRecord
+from cleanup_worker.adapters.postgres.connections import Connection
+from cleanup_worker.adapters.postgres.keys import MembershipSource
+from cleanup_worker.adapters.postgres.sqlstate import is_lost_race, is_unreachable
 from cleanup_worker.domain.rules import OrphanReason
 from cleanup_worker.errors import AlreadyRunning, BackfillRefused
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import retrying
-from cleanup_worker.service import backfill_record
-from cleanup_worker.service.backfill_options import (
+from cleanup_worker.service.backfill import record as backfill_record
+from cleanup_worker.service.backfill.options import (
     BackfillRequest,
     refusal,
 )
-from cleanup_worker.service.backfill_summary import (
+from cleanup_worker.service.backfill.summary import (
     TOP,
     QuietReporter,
     Reporter,

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from cleanup_worker.adapters.keys import LATE_KEYS_SQL
-from cleanup_worker.adapters.postgres import Connection
+from cleanup_worker.adapters.postgres.connections import Connection
+from cleanup_worker.adapters.postgres.keys import LATE_KEYS_SQL
 
 
 @dataclass(frozen=True, slots=True)

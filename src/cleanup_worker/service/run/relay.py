@@ -17,10 +17,11 @@ from contextlib import suppress
 
 from aiokafka.errors import KafkaError
 
-from cleanup_worker.adapters import notices, outbox
-from cleanup_worker.adapters.kafka import Producer
-from cleanup_worker.adapters.postgres import Pool
-from cleanup_worker.adapters.sqlstate import is_transient
+from cleanup_worker.adapters.cloudevents import notices
+from cleanup_worker.adapters.kafka.clients import Producer
+from cleanup_worker.adapters.postgres import outbox
+from cleanup_worker.adapters.postgres.connections import Pool
+from cleanup_worker.adapters.postgres.sqlstate import is_transient
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import Reachability, retrying

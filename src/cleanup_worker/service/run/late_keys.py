@@ -16,13 +16,13 @@ from datetime import datetime, timedelta
 
 from aiokafka.errors import KafkaError
 
-from cleanup_worker.adapters import keys
-from cleanup_worker.adapters import late_keys as sql
-from cleanup_worker.adapters.group_progress import GroupProgress
-from cleanup_worker.adapters.keys import RevokedKey
-from cleanup_worker.adapters.late_keys import Cursor, LateKey
-from cleanup_worker.adapters.postgres import Pool
-from cleanup_worker.adapters.sqlstate import is_transient
+from cleanup_worker.adapters.kafka.group_progress import GroupProgress
+from cleanup_worker.adapters.postgres import keys
+from cleanup_worker.adapters.postgres import late_keys as sql
+from cleanup_worker.adapters.postgres.connections import Pool
+from cleanup_worker.adapters.postgres.keys import RevokedKey
+from cleanup_worker.adapters.postgres.late_keys import Cursor, LateKey
+from cleanup_worker.adapters.postgres.sqlstate import is_transient
 from cleanup_worker.domain.late_keys import group_has_caught_up, settle_cutoff
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
@@ -77,7 +77,7 @@ class Swept:
 
 
 class LateKeySweeper:
-    """A companion of the consumer (service/process.py): `run` sweeps until `request_stop`."""
+    """A companion of the consumer (service/run/process.py): `run` sweeps until `request_stop`."""
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
-from cleanup_worker.adapters.postgres import Connection
+from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.domain.events import MembershipEvent
 
 REASON_MEMBER_REMOVED = "member_removed"

@@ -17,7 +17,7 @@ from aiokafka import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from cleanup_worker.adapters.cloudevents import Header
+from cleanup_worker.adapters.cloudevents.binding import Header
 from cleanup_worker.domain.events import Origin
 from cleanup_worker.errors import ConfigurationError
 from cleanup_worker.logging import get_logger

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cleanup_worker.adapters.postgres import Connection
+from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.domain.events import Change, MembershipEvent
 from cleanup_worker.domain.rules import HistoryEntry, Membership, State
 

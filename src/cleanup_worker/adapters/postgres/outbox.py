@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from cleanup_worker.adapters.postgres import Connection, Pool
+from cleanup_worker.adapters.postgres.connections import Connection, Pool
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from typing import Literal
 
 from aiokafka import TopicPartition
 
-from cleanup_worker.adapters.kafka import Admin, PartitionReader, Record
+from cleanup_worker.adapters.kafka.clients import Admin, PartitionReader, Record
 from cleanup_worker.errors import WindowError
 
 Partition = tuple[str, int]  # (topic, partition); aiokafka's TopicPartition is such a tuple

@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from cleanup_worker.adapters.locks import REDRIVE_LOCK_KEY
-from cleanup_worker.adapters.postgres import Pool
+from cleanup_worker.adapters.postgres.connections import Pool
+from cleanup_worker.adapters.postgres.locks import REDRIVE_LOCK_KEY
 from cleanup_worker.domain.events import Origin
 from cleanup_worker.errors import AlreadyRunning
 

@@ -10,7 +10,7 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from cleanup_worker.adapters.sqlstate import (
+from cleanup_worker.adapters.postgres.sqlstate import (
     describe,
     is_login_refused,
     is_transient,

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cleanup_worker.adapters.cloudevents import parse_record
-from cleanup_worker.adapters.dlq import Failure
-from cleanup_worker.adapters.kafka import Record
+from cleanup_worker.adapters.cloudevents.binding import parse_record
+from cleanup_worker.adapters.kafka.clients import Record
+from cleanup_worker.adapters.kafka.dead_letter_topic import Failure
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import beyond_clock_skew
 from cleanup_worker.errors import FutureDatedEvent, MalformedEvent

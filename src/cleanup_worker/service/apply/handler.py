@@ -12,18 +12,18 @@ from typing import Protocol
 
 import asyncpg
 
-from cleanup_worker.adapters import keys
-from cleanup_worker.adapters.dlq import Failure
-from cleanup_worker.adapters.kafka import Record
-from cleanup_worker.adapters.postgres import Pool
-from cleanup_worker.adapters.sqlstate import describe, is_per_event, is_transient
+from cleanup_worker.adapters.kafka.clients import Record
+from cleanup_worker.adapters.kafka.dead_letter_topic import Failure
+from cleanup_worker.adapters.postgres import keys
+from cleanup_worker.adapters.postgres.connections import Pool
+from cleanup_worker.adapters.postgres.sqlstate import describe, is_per_event, is_transient
 from cleanup_worker.domain.events import Change, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import unique_events
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import Reachability, retrying
-from cleanup_worker.service.batch_transaction import apply_events
-from cleanup_worker.service.classify import FutureDated, RecordClassifier
+from cleanup_worker.service.apply.batch_transaction import apply_events
+from cleanup_worker.service.apply.classify import FutureDated, RecordClassifier
 
 log = get_logger(__name__)
 

@@ -1,5 +1,5 @@
 """The backfill's options (new or resumed) and its safety valves: decisions that need no I/O.
-`service/backfill.py` does the I/O around them."""
+`service/backfill/job.py` does the I/O around them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from cleanup_worker.adapters.backfill_runs import Assessment
 from cleanup_worker.adapters.membership_file import LoadedFile
+from cleanup_worker.adapters.postgres.backfill_runs import Assessment
 from cleanup_worker.errors import BackfillError
 
 DEFAULT_BATCH_SIZE = 2_000
