@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import stamina
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
-from cleanup_worker.adapters.kafka import errors as kafka_errors
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 
@@ -37,6 +36,10 @@ log = get_logger(__name__)
 
 RetryOn = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
 Probe = Callable[[], Awaitable[bool]]
+# The cause an operator can act on, for a retried operation's error (None: nothing to add).
+# Retries sit below the adapters (docs/design.md, "Layers"), so an adapter that knows its
+# library's errors registers one through `install_retry_hooks`.
+Describe = Callable[[str, Exception], str | None]
 
 
 class Reachability:
@@ -166,13 +169,20 @@ class _AfterProbe:
         return attempt
 
 
+def _no_cause(operation: str, exc: Exception) -> None:
+    return None
+
+
+_describe: Describe = _no_cause
+
+
 def on_retry(details: RetryDetails) -> None:
     """One log line and one count per scheduled retry: the operation and the error's class."""
     error = type(details.caused_by).__name__
     metrics.RETRIES.labels(details.name, error).inc()
     # The cause an operator can act on (a missing ACL, a rejected password, an untrusted
-    # certificate): aiokafka's own exception often does not say it.
-    cause = kafka_errors.describe(details.caused_by) if details.name.startswith("kafka.") else None
+    # certificate): a library's own exception often does not say it.
+    cause = _describe(details.name, details.caused_by)
     log.warning(
         "retry.scheduled",
         operation=details.name,
@@ -183,6 +193,8 @@ def on_retry(details: RetryDetails) -> None:
     )
 
 
-def install_retry_hooks() -> None:
-    """Makes `on_retry` the only retry hook (idempotent)."""
+def install_retry_hooks(describe: Describe | None = None) -> None:
+    """Makes `on_retry` the only retry hook (idempotent); `describe` names the causes."""
+    global _describe  # noqa: PLW0603 - one process, one hook
+    _describe = describe or _no_cause
     set_on_retry_hooks([on_retry])

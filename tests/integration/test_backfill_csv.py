@@ -11,10 +11,10 @@ import pytest
 
 from cleanup_worker.adapters.membership_file import parse_lines
 from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.errors import BackfillError, BackfillRefused, MembershipFileError
+from cleanup_worker.errors import BackfillError, MembershipFileError
 from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
-from cleanup_worker.service.backfill.summary import Summary
+from cleanup_worker.service.backfill.summary import BackfillRefused, Summary
 from cleanup_worker.settings import Settings
 from tests.support.database import revoked_keys, seed_key
 from tests.support.events import at

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cleanup_worker.adapters.cloudevents.binding import Header, parse_record
+from cleanup_worker.adapters.cloudevents.binding import parse_record
+from cleanup_worker.adapters.kafka.clients import Header
 from cleanup_worker.domain.events import Change, EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.errors import MalformedEvent
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-__all__ = ["Change", "EventTypes", "IgnoredEvent", "MembershipEvent", "Origin"]
+__all__ = ["Change", "EventTypes", "IgnoredEvent", "Member", "MembershipEvent", "Origin"]
 
-Member = tuple[str, str]  # (account_id, iam_id)
+Member = tuple[str, str]  # (account_id, iam_id): whose membership, the unit of every rule
 
 
 class Change(StrEnum):

@@ -8,13 +8,15 @@ made here, and every one of them depends on the *set* of events seen, never on t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from uuid import UUID
 
 from cleanup_worker.domain.events import Change, MembershipEvent
 
 __all__ = [
+    "Assessment",
     "HistoryEntry",
     "Membership",
     "OrphanReason",
@@ -184,6 +186,25 @@ def orphan_reason(
     if membership.member_since is not None and key_created_at < membership.member_since:
         return OrphanReason.CREATED_BEFORE_MEMBER_SINCE
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """R5 over a set of keys: how many there are, and how many it orphans by each case.
+
+    The backfill's safety valves decide on it before the first write."""
+
+    keys_scanned: int
+    keys_unrevoked: int
+    by_reason: dict[OrphanReason, int]
+    accounts_affected: int
+    top_accounts: list[tuple[str, int]] = field(default_factory=list)
+    sample_key_ids: list[UUID] = field(default_factory=list)
+    has_active_members: bool = True
+
+    @property
+    def candidates(self) -> int:
+        return sum(self.by_reason.values())
 
 
 def latest_removals(events: Iterable[MembershipEvent]) -> dict[tuple[str, str], MembershipEvent]:

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticCustomError
 
+from cleanup_worker.adapters.kafka.clients import Header
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent, Origin
 from cleanup_worker.domain.values import (
     ACCOUNT_ID_MAX,
@@ -30,9 +31,7 @@ from cleanup_worker.domain.values import (
 )
 from cleanup_worker.errors import MalformedEvent
 
-__all__ = ["Header", "event_json_schema", "parse_record", "public_json_schema"]
-
-Header = tuple[str, bytes | None]
+__all__ = ["event_json_schema", "parse_record", "public_json_schema"]
 
 _BAD_TIME = "not an RFC 3339 timestamp with offset"
 _BAD_TEXT = "must not contain control characters or unpaired surrogates"

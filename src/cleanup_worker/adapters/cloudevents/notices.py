@@ -12,7 +12,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cleanup_worker.adapters.cloudevents.binding import Header, public_json_schema
+from cleanup_worker.adapters.cloudevents.binding import public_json_schema
+from cleanup_worker.adapters.kafka.clients import Header
 from cleanup_worker.adapters.postgres.outbox import OutboxRow
 
 CONTENT_TYPE = "application/cloudevents+json"

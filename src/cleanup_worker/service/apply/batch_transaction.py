@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from cleanup_worker.adapters.postgres import keys, memberships
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.adapters.postgres.memberships import Member
-from cleanup_worker.domain.events import Change, MembershipEvent
+from cleanup_worker.domain.events import Change, Member, MembershipEvent
 from cleanup_worker.domain.rules import (
     HistoryEntry,
     Membership,

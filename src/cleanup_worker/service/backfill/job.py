@@ -33,12 +33,12 @@ from dataclasses import replace
 from cleanup_worker.adapters import membership_file
 from cleanup_worker.adapters.postgres import backfill_runs, keys
 from cleanup_worker.adapters.postgres import connections as postgres
-from cleanup_worker.adapters.postgres.backfill_runs import Assessment, RunRecord
+from cleanup_worker.adapters.postgres.backfill_runs import RunRecord
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.keys import MembershipSource
 from cleanup_worker.adapters.postgres.sqlstate import is_lost_race, is_unreachable
-from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.errors import AlreadyRunning, BackfillRefused
+from cleanup_worker.domain.rules import Assessment, OrphanReason
+from cleanup_worker.errors import AlreadyRunning
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import retrying
@@ -49,6 +49,7 @@ from cleanup_worker.service.backfill.options import (
 )
 from cleanup_worker.service.backfill.summary import (
     TOP,
+    BackfillRefused,
     QuietReporter,
     Reporter,
     Summary,
