@@ -1,8 +1,9 @@
 """The composition root: the one place that turns settings into connected objects.
 
 Every program builds what it needs here, from the one `Settings` object: the worker process
-(`run`), the operator clients (`replay`, `dlq`), the migration connection (`migrate`).
-Nothing here runs anything for long: lifecycles live in `service/`.
+(`run`), the backfill (`backfill`), the operator clients (`replay`, `dlq`), the migration
+connection (`migrate`). Nothing here runs anything for long: lifecycles live in `service/`.
+What each program sets up once before it builds anything (logs, retry hooks) is startup.py's.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.apply.classify import RecordClassifier
 from cleanup_worker.service.apply.handler import BatchHandler
+from cleanup_worker.service.backfill.job import Backfill
+from cleanup_worker.service.backfill.job import run_until_signalled as run_backfill_until_signalled
+from cleanup_worker.service.backfill.options import BackfillRequest
+from cleanup_worker.service.backfill.summary import Reporter, Summary
 from cleanup_worker.service.run.consumer import Worker
 from cleanup_worker.service.run.late_keys import LateKeySweeper
 from cleanup_worker.service.run.process import Consuming, WorkerProcess, run_until_signalled
@@ -37,8 +42,31 @@ from cleanup_worker.settings import Settings
 
 
 async def migrate_database(settings: Settings) -> list[Migration]:
+    """`cleanup-worker migrate`: the migrations, on one connection."""
     async with postgres.connect(settings) as conn:
         return await migrate(conn)
+
+
+def backfill_job(
+    settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
+) -> Backfill:
+    """`cleanup-worker backfill`, wired and not yet started: it opens one connection at a
+    time (a new one after a lost one), the way `postgres.connect` does for `migrate`."""
+    return Backfill(
+        partial(postgres.connect, settings),
+        request,
+        reporter,
+        statement_timeout_ms=settings.database_statement_timeout_ms,
+        retry_max_wait_s=settings.retry_max_wait_s,
+        announce=settings.announce_revocations,
+    )
+
+
+async def run_backfill(
+    settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
+) -> Summary:
+    """Runs a backfill until it ends, or SIGTERM/SIGINT stop it after the current batch."""
+    return await run_backfill_until_signalled(backfill_job(settings, request, reporter))
 
 
 async def start_producer(settings: Settings, stack: AsyncExitStack) -> Producer:

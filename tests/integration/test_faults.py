@@ -18,8 +18,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
+from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.events import MembershipEvent
-from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.run.process import WorkerProcess
 from cleanup_worker.settings import Settings
@@ -298,7 +298,7 @@ async def test_backfill_goes_on_after_losing_its_connection(
         execute=True, batch_size=4, max_rate=20, max_fraction=1.0, accounts=(f"acct-{run}",)
     )
     retried = sample_total("cleanup_retries_total", operation="database.backfill")
-    backfill = asyncio.create_task(Backfill(proxied, request).run())
+    backfill = asyncio.create_task(backfill_job(proxied, request).run())
     await eventually(lambda: _revoked_at_least(db, 8), timeout=30, interval=0.05)
     if fault == "down":
         async with links.database.down():

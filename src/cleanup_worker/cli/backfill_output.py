@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cleanup_worker.bootstrap import run_backfill
 from cleanup_worker.cli.progress import ProgressDisplay
 from cleanup_worker.domain.rules import Assessment, OrphanReason
-from cleanup_worker.service.backfill.job import run_backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import BackfillRefused, Summary
 from cleanup_worker.settings import Settings

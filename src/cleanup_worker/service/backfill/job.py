@@ -1,6 +1,7 @@
 """`cleanup-worker backfill`: finds the keys R5 orphans and, with `--execute`, revokes them.
 
-One dedicated connection carries the whole run: it holds the session advisory lock (one
+One dedicated connection carries the whole run (the composition root, bootstrap.py, says
+how to open it): it holds the session advisory lock (one
 backfill at a time), the TEMP tables (the memberships file, the candidates), and each
 batch's short transaction. The steps:
 
@@ -27,12 +28,12 @@ import signal
 import time
 import uuid
 from collections import Counter
-from contextlib import suppress
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import replace
 
 from cleanup_worker.adapters import membership_file
 from cleanup_worker.adapters.postgres import backfill_runs, keys
-from cleanup_worker.adapters.postgres import connections as postgres
 from cleanup_worker.adapters.postgres.backfill_runs import RunRecord
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.keys import MembershipSource
@@ -55,19 +56,30 @@ from cleanup_worker.service.backfill.summary import (
     Summary,
     assessment_fields,
 )
-from cleanup_worker.settings import Settings
 
 log = get_logger(__name__)
+
+# Opens the run's one connection (waiting for a database that is starting), and closes it.
+Connect = Callable[[], AbstractAsyncContextManager[Connection]]
 
 
 class Backfill:
     """One run of the backfill, from lock to summary. `request_stop` may come at any time."""
 
     def __init__(
-        self, settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
+        self,
+        connect: Connect,
+        request: BackfillRequest,
+        reporter: Reporter | None = None,
+        *,
+        statement_timeout_ms: int,
+        retry_max_wait_s: float,
+        announce: bool,
     ) -> None:
-        self.settings = settings
-        self._announce = settings.announce_revocations
+        self._connect = connect
+        self._statement_timeout_ms = statement_timeout_ms
+        self._retry_max_wait_s = retry_max_wait_s
+        self._announce = announce
         self.request = request
         self.reporter: Reporter = reporter or QuietReporter()
         self._stop = asyncio.Event()
@@ -83,7 +95,7 @@ class Backfill:
         async for attempt in retrying(
             "database.backfill",
             on=self._reconnect_after,
-            wait_max=self.settings.retry_max_wait_s,
+            wait_max=self._retry_max_wait_s,
         ):
             with attempt:
                 return await self._connected(started)
@@ -100,8 +112,8 @@ class Backfill:
 
     async def _connected(self, started: float) -> Summary:
         """The run on one connection, from the lock to the summary."""
-        async with postgres.connect(self.settings) as conn:
-            await backfill_runs.configure_session(conn, self.settings.database_statement_timeout_ms)
+        async with self._connect() as conn:
+            await backfill_runs.configure_session(conn, self._statement_timeout_ms)
             if not await backfill_runs.try_lock(conn):
                 pid = await backfill_runs.lock_holder(conn)
                 holder = f" (PostgreSQL backend pid {pid})" if pid else ""
@@ -240,7 +252,7 @@ class Backfill:
             "database.backfill_batch",
             on=is_lost_race,
             attempts=10,
-            wait_max=self.settings.retry_max_wait_s,
+            wait_max=self._retry_max_wait_s,
         ):
             with attempt:
                 began = time.perf_counter()
@@ -288,11 +300,8 @@ class Backfill:
         )
 
 
-async def run_backfill(
-    settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
-) -> Summary:
+async def run_until_signalled(backfill: Backfill) -> Summary:
     """Runs a backfill to its end; SIGTERM/SIGINT stop it after the current batch (exit 0)."""
-    backfill = Backfill(settings, request, reporter)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, backfill.request_stop)
