@@ -1,9 +1,10 @@
 """The composition root: the one place that turns settings into connected objects.
 
-Every program builds what it needs here, from the one `Settings` object: the worker process
-(`run`), the backfill (`backfill`), the operator clients (`replay`, `dlq`), the migration
-connection (`migrate`). Nothing here runs anything for long: lifecycles live in `service/`.
-What each program sets up once before it builds anything (logs, retry hooks) is startup.py's.
+Every program builds what it needs here, from the one `Settings` object: the `run` process
+(consumer loop, late-key sweep, notice relay, probes), the backfill (`backfill`), the operator
+clients (`replay`, `dlq`), the migration connection (`migrate`). Nothing here runs anything
+for long: lifecycles live in `service/`. What each program sets up once before it builds
+anything (logs, retry hooks) is startup.py's.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.job import run_until_signalled as run_backfill_until_signalled
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Reporter, Summary
-from cleanup_worker.service.run.consumer import Worker
+from cleanup_worker.service.run.consumer import ConsumerLoop
 from cleanup_worker.service.run.late_keys import LateKeySweeper
-from cleanup_worker.service.run.process import Consuming, WorkerProcess, run_until_signalled
+from cleanup_worker.service.run.process import ConsumerParts, RunProcess, run_until_signalled
 from cleanup_worker.service.run.relay import NoticeRelay
 from cleanup_worker.settings import Settings
 
@@ -167,8 +168,11 @@ async def late_key_sweeper(
     )
 
 
-async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStack) -> Consuming:
-    """The live group's worker with its pool, dead-letter producer and handler."""
+async def build_consumer(
+    settings: Settings, health: Health, stack: AsyncExitStack
+) -> ConsumerParts:
+    """The live group's consumer loop with its pool, dead-letter producer and handler, and its
+    companions: the late-key sweep, and the notice relay when notices are on."""
     database = postgres.reachability(settings)
     stack.push_async_callback(database.close)
     # One connection more for the late-key sweep.
@@ -187,7 +191,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     )
     relay = await notice_relay(settings, producer, stack, database=database)
     sweeper = await late_key_sweeper(settings, pool, stack, relay, database=database)
-    worker = Worker(
+    consumer_loop = ConsumerLoop(
         consumer=kafka.group_consumer(settings),
         handler=build_handler(settings, pool, dead_letters, health, relay, database=database),
         health=health,
@@ -199,8 +203,8 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
         retry_max_wait_s=settings.retry_max_wait_s,
         new_consumer=partial(kafka.group_consumer, settings),
     )
-    return Consuming(
-        worker=worker,
+    return ConsumerParts(
+        consumer_loop=consumer_loop,
         ping_database=partial(postgres.ping, pool),
         companions=(sweeper, relay) if relay else (sweeper,),
     )
@@ -218,10 +222,10 @@ def _wait_limit_s(settings: Settings) -> float:
     return settings.liveness_timeout_s + stalls
 
 
-def worker_process(settings: Settings) -> WorkerProcess:
+def run_process(settings: Settings) -> RunProcess:
     """`cleanup-worker run`, wired and not yet started."""
-    return WorkerProcess(
-        partial(wire_consumer, settings),
+    return RunProcess(
+        partial(build_consumer, settings),
         Health(settings.liveness_timeout_s, wait_limit_s=_wait_limit_s(settings)),
         http_host=settings.http_host,
         http_port=settings.http_port,
@@ -231,7 +235,7 @@ def worker_process(settings: Settings) -> WorkerProcess:
 
 async def run_worker(settings: Settings) -> None:
     """Runs until SIGTERM/SIGINT, then drains and returns (exit code 0)."""
-    await run_until_signalled(worker_process(settings))
+    await run_until_signalled(run_process(settings))
 
 
 @dataclass(frozen=True, slots=True)

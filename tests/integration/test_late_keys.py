@@ -160,7 +160,7 @@ async def test_re_add_produced_before_the_key_but_held_back_wins(
     revoked."""
     settings = late_settings(settings)
     async with publisher(settings) as pub, running_worker(settings) as process:
-        assert process.worker is not None
+        assert process.consumer_loop is not None
         # A replica that holds its partitions without consuming them: a stuck member.
         stalled = AIOKafkaConsumer(
             settings.kafka_topics[0],
@@ -170,7 +170,7 @@ async def test_re_add_produced_before_the_key_but_held_back_wins(
         )
         await stalled.start()
         try:
-            mine, theirs = await _split_assignment(process.worker.consumer, stalled)
+            mine, theirs = await _split_assignment(process.consumer_loop.consumer, stalled)
             removal = event("removed", "acct", "alice", now())
             await pub.events([removal], partition=mine.partition)
             await wait_for_ledger(db, 1)
