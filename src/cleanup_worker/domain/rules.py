@@ -1,8 +1,14 @@
-"""The rules R1–R5 of DESIGN §2 as pure functions: no I/O, no clock, no Kafka, no database.
+"""The rules R1–R5 and the clock-skew rule ("Rules", docs/design.md) stated as pure
+functions: no I/O, no clock, no Kafka, no database.
 
 Each rule has one function here whose docstring names it, so a reader looking for "what does R3
-say, exactly" starts in this file. The adapters only move rows in and out; the decisions are
-made here, and every one of them depends on the *set* of events seen, never on their order.
+say, exactly" starts in this file, and every one of them depends on the *set* of events seen,
+never on their order. Where a rule is *applied* differs: the clock-skew check and R1's choice
+of one removal per member run here, on a batch's events; R3 runs here on the rows a batch
+locked; R1 and R5 (and the R1 re-check and R6 of domain/late_keys.py) run as set-based SQL
+statements in adapters/postgres/keys.py, one statement for a whole batch, and tests hold each
+statement to its function here (the table in docs/design.md names them). R4 is kept by the
+database itself, a trigger of the migrations.
 """
 
 from __future__ import annotations

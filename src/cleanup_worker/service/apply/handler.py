@@ -1,5 +1,7 @@
 """The one path by which records become effects: parse, dead-letter, apply a batch in one
-transaction. `run`, `replay` and `dlq redrive` all go through `BatchHandler.handle`."""
+transaction. `replay` and `dlq redrive` call `BatchHandler.handle`; `run`'s consumer loop
+calls its two halves, `parse` and `apply`, apart, so that it parses the next batch while the
+database applies this one."""
 
 from __future__ import annotations
 
