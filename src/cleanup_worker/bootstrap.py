@@ -90,7 +90,8 @@ async def notice_relay(
     *,
     database: Reachability | None = None,
 ) -> NoticeRelay | None:
-    """The outbox relay, on a connection of its own, when notices are on (DESIGN §4b)."""
+    """The outbox relay, on a connection of its own, when notices are on ("Revocation notices",
+    docs/design.md)."""
     if settings.revocations_topic is None:
         return None
     pool = await postgres.create_pool(settings, max_size=1, reachable=database)

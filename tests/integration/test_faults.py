@@ -1,4 +1,5 @@
-"""Network faults between the worker and the real services, through Toxiproxy (DESIGN §6).
+"""Network faults between the worker and the real services, through Toxiproxy (docs/design.md, "Real
+services in tests").
 
 Each test puts one fault on one link while a stream of removals flows, and checks: nothing
 lost and nothing wrong (every key of every removal revoked by its event, once), no committed

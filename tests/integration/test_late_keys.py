@@ -1,5 +1,5 @@
 """Keys that slip past a removal, through the real broker and database: the R1 re-check and
-R6 late keys (DESIGN §2), with the worker as it runs."""
+"R6 late keys" (docs/design.md), with the worker as it runs."""
 
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ async def test_late_key_revocations_are_announced(
     settings: Settings, db: Any, database_url: str
 ) -> None:
     """With notices on, a key revoked by the re-check and one revoked by R6 are each
-    announced once, with their reason and revoked_by (DESIGN §4b)."""
+    announced once, with their reason and revoked_by ("Revocation notices", docs/design.md)."""
     topic = await create_topic(settings, f"test-notices-{uuid.uuid4().hex[:12]}")
     settings = late_settings(settings, revocations_topic=topic)
     async with (

@@ -1,4 +1,4 @@
-"""What a record is (service/apply/classify.py), the clock-skew rule included (DESIGN §2)."""
+"""What a record is (service/apply/classify.py), the clock-skew rule included (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The event contract (DESIGN §3): CloudEvents in both content modes, and what is malformed."""
+"""The event contract ("Event contract", docs/design.md): CloudEvents in both content modes, and
+what is malformed."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ Event = dict[str, Any]
 
 
 def example(**attributes: Any) -> Event:
-    """The DESIGN §3 example event, with `attributes` replaced."""
+    """The event contract's example event (docs/events.md), with `attributes` replaced."""
     event: Event = {
         "specversion": "1.0",
         "id": "6f1c0c9e-5d2e-4a3b-9a61-0d5f1f3b2a10",

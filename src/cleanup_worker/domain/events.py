@@ -1,4 +1,5 @@
-"""Membership events as the rules see them (DESIGN §2): what changed, for whom, and when.
+"""Membership events as the rules see them ("Rules", docs/design.md): what changed, for whom, and
+when.
 
 How they arrive (CloudEvents over Kafka) is an adapter's business:
 `adapters/cloudevents/binding.py`.

@@ -233,7 +233,7 @@ def latest_removals(events: Iterable[MembershipEvent]) -> dict[tuple[str, str], 
 
 
 def beyond_clock_skew(event_time: datetime, now: datetime, max_skew_s: float) -> bool:
-    """Clock skew (DESIGN §2): an event dated more than `max_skew_s` seconds after `now` is not
+    """Clock skew (docs/design.md): an event dated more than `max_skew_s` seconds after `now` is not
     applied. A future-dated removal would keep its member `removed` past every real re-add,
     and R5 would then revoke the keys of their next membership. Events from the past are
     normal (replays)."""

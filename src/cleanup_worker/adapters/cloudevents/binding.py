@@ -1,5 +1,5 @@
-"""The CloudEvents Kafka protocol binding for membership events (DESIGN §3): parsing as its
-own layer, and the JSON Schema producers read.
+"""The CloudEvents Kafka protocol binding for membership events ("Event contract", docs/design.md):
+parsing as its own layer, and the JSON Schema producers read.
 
 `parse_record` turns one record into a `MembershipEvent`, an `IgnoredEvent` (a valid event of
 another type) or a `MalformedEvent` error, and nothing else for any input: whatever a producer
@@ -198,9 +198,10 @@ def _structured_event(
         return None
     if content_type is None:
         return _load_object(value, "value")
-    # DESIGN §3: the CloudEvents Python SDK's legacy Kafka binding writes structured events with
-    # the event's `datacontenttype` as content-type and no ce_ headers. Without ce_specversion a
-    # record cannot be binary, so a JSON object that names its specversion is the event itself.
+    # The event contract (docs/design.md, docs/events.md): the CloudEvents Python SDK's legacy Kafka
+    # binding writes structured events with the event's `datacontenttype` as content-type and no ce_
+    # headers. Without ce_specversion a record cannot be binary, so a JSON object that names its
+    # specversion is the event itself.
     try:
         event = _load_object(value, "value")
     except MalformedEvent:

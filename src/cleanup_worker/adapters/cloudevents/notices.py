@@ -1,5 +1,5 @@
-"""The revocation notice (DESIGN §4b): a structured CloudEvent per revoked key, its Kafka
-record, and its JSON Schema for receivers (docs/revocation-notice-schema.json).
+"""The revocation notice ("Revocation notices", docs/design.md): a structured CloudEvent per revoked
+key, its Kafka record, and its JSON Schema for receivers (docs/revocation-notice-schema.json).
 
 Never the key hash: a notice names the key by its id.
 """
