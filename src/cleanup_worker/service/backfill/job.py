@@ -1,9 +1,8 @@
 """`cleanup-worker backfill`: finds the keys R5 orphans and, with `--execute`, revokes them.
 
-One dedicated connection carries the whole run (the composition root, bootstrap.py, says
-how to open it): it holds the session advisory lock (one
-backfill at a time), the TEMP tables (the memberships file, the candidates), and each
-batch's short transaction. The steps:
+One dedicated connection, opened as bootstrap.py says, carries the whole run: it holds the
+session advisory lock (one backfill at a time), the TEMP tables (the memberships file, the
+candidates), and each batch's short transaction. The steps:
 
 1. lock; load `--memberships FILE.csv` if given (validated while it streams, before any write);
 2. open a run record (new, or the interrupted run that `--resume` continues);
