@@ -50,6 +50,7 @@ check: install
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: install tools
 	$(BIN)/pytest tests/unit

@@ -1,4 +1,4 @@
-"""Backfill benchmark (DESIGN §7), in one run against the dev PostgreSQL.
+"""Backfill benchmark ("Targets", docs/design.md), in one run against the dev PostgreSQL.
 
     .venv/bin/python -m bench.backfill [--keys 1000000] [--also 4000000] [--trials 3]
 

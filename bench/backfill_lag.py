@@ -1,4 +1,4 @@
-"""The live worker's revocation lag while a backfill runs (DESIGN §7), in one run.
+"""The live worker's revocation lag while a backfill runs ("Targets", docs/design.md), in one run.
 
     .venv/bin/python -m bench.backfill_lag [--keys 1000000] [--replicas 1 --replicas 3]
 

@@ -1,4 +1,4 @@
-"""Consumer benchmark (DESIGN §7), all in one run against the real broker and database.
+"""Consumer benchmark ("Targets", docs/design.md), all in one run against the real broker and database.
 
     .venv/bin/python -m bench.consumer [--events 100000] [--naive-events 3000]
 
@@ -380,9 +380,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def print_targets(rows: list[tuple[str, str, bool]]) -> None:
-    """The verdict table: each DESIGN §7 target, what was measured, ok or MISSED."""
+    """The verdict table: each target ("Targets", docs/design.md), what was measured, ok or MISSED."""
     print()
-    print("DESIGN §7 target                                  measured                 verdict")
+    print("target (docs/design.md)                           measured                 verdict")
     for target, measured, ok in rows:
         print(f"{target:<50}{measured:<25}{'ok' if ok else 'MISSED'}")
 

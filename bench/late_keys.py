@@ -1,4 +1,4 @@
-"""Late-key sweep benchmark (DESIGN §7), in one run against the real broker and database.
+"""Late-key sweep benchmark ("Targets", docs/design.md), in one run against the real broker and database.
 
     .venv/bin/python -m bench.late_keys [--events 60000] [--trials 2] [--rate 200] [--seconds 20]
 

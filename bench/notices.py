@@ -1,4 +1,4 @@
-"""Revocation notices benchmark (DESIGN §7), in one run against the real broker and database.
+"""Revocation notices benchmark ("Targets", docs/design.md), in one run against the real broker and database.
 
     .venv/bin/python -m bench.notices [--events 100000] [--rate 500] [--seconds 20]
 

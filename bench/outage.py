@@ -1,4 +1,4 @@
-"""Exposure after an outage (DESIGN §7, issue 14): how long after PostgreSQL or Kafka comes
+"""Exposure after an outage ("Targets", docs/design.md; issue 14): how long after PostgreSQL or Kafka comes
 back are the removals that arrived meanwhile applied?
 
     .venv/bin/python -m bench.outage [--rate 50] [--durations 5,20,60]

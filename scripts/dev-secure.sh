@@ -1,4 +1,4 @@
-# Sourced by scripts/dev-services: the secured services of `up --secure` (DESIGN §6).
+# Sourced by scripts/dev-services: the secured services of `up --secure` (docs/design.md, "Real services in tests").
 #
 # Once `up --secure` has run, the checkout stays in secure mode (.dev/secure/enabled) until
 # `purge`: a later plain `up` (the test fixtures, CI's `make services`) keeps the secure

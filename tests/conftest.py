@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from cleanup_worker.adapters.kafka import errors as kafka_errors
 from cleanup_worker.adapters.postgres.migrator import migrate
 from cleanup_worker.retries import install_retry_hooks
 from cleanup_worker.settings import Settings
@@ -69,7 +70,7 @@ async def _build_template(admin_url: str) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _retry_hooks() -> None:
     """In-process workers retry as the programs do: logged and counted once, by our hook."""
-    install_retry_hooks()
+    install_retry_hooks(describe=kafka_errors.describe_retry)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """A deliberately plain reference for the rules, shared by the unit and integration tests.
 
-It reads DESIGN §2 as a sequential state machine — dedupe, sort, replay — and shares no code
-with `cleanup_worker.domain.rules` beyond its data types, so comparing the two compares two
-formulations of R1–R4 rather than one formulation with itself.
+It reads the rules of docs/design.md as a sequential state machine — dedupe, sort, replay — and
+shares no code with `cleanup_worker.domain.rules` beyond its data types, so comparing the two
+compares two formulations of R1–R4 rather than one formulation with itself.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Where the tests get a real PostgreSQL and a real Kafka broker (DESIGN §6).
+"""Where the tests get a real PostgreSQL and a real Kafka broker (docs/design.md, "Real services in
+tests").
 
 In order: the `CLEANUP_DATABASE_URL` / `CLEANUP_KAFKA_BOOTSTRAP_SERVERS` the caller set; else
 testcontainers when a Docker engine answers; else the project's own `scripts/dev-services`

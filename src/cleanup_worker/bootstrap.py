@@ -1,8 +1,10 @@
 """The composition root: the one place that turns settings into connected objects.
 
-Every program builds what it needs here, from the one `Settings` object: the worker process
-(`run`), the operator clients (`replay`, `dlq`), the migration connection (`migrate`).
-Nothing here runs anything for long: lifecycles live in `service/`.
+Every program builds what it needs here, from the one `Settings` object: the `run` process
+(consumer loop, late-key sweep, notice relay, probes), the backfill (`backfill`), the operator
+clients (`replay`, `dlq`), the migration connection (`migrate`). Nothing here runs anything
+for long: lifecycles live in `service/`. What each program sets up once before it builds
+anything (logs, retry hooks) is startup.py's.
 """
 
 from __future__ import annotations
@@ -29,16 +31,43 @@ from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.apply.classify import RecordClassifier
 from cleanup_worker.service.apply.handler import BatchHandler
-from cleanup_worker.service.run.consumer import Worker
+from cleanup_worker.service.backfill.job import Backfill
+from cleanup_worker.service.backfill.job import run_until_signalled as run_backfill_until_signalled
+from cleanup_worker.service.backfill.options import BackfillRequest
+from cleanup_worker.service.backfill.summary import Reporter, Summary
+from cleanup_worker.service.run.consumer import ConsumerLoop
 from cleanup_worker.service.run.late_keys import LateKeySweeper
-from cleanup_worker.service.run.process import Consuming, WorkerProcess, run_until_signalled
+from cleanup_worker.service.run.process import ConsumerParts, RunProcess, run_until_signalled
 from cleanup_worker.service.run.relay import NoticeRelay
 from cleanup_worker.settings import Settings
 
 
 async def migrate_database(settings: Settings) -> list[Migration]:
+    """`cleanup-worker migrate`: the migrations, on one connection."""
     async with postgres.connect(settings) as conn:
         return await migrate(conn)
+
+
+def backfill_job(
+    settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
+) -> Backfill:
+    """`cleanup-worker backfill`, wired and not yet started: it opens one connection at a
+    time (a new one after a lost one), the way `postgres.connect` does for `migrate`."""
+    return Backfill(
+        partial(postgres.connect, settings),
+        request,
+        reporter,
+        statement_timeout_ms=settings.database_statement_timeout_ms,
+        retry_max_wait_s=settings.retry_max_wait_s,
+        announce=settings.announce_revocations,
+    )
+
+
+async def run_backfill(
+    settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
+) -> Summary:
+    """Runs a backfill until it ends, or SIGTERM/SIGINT stop it after the current batch."""
+    return await run_backfill_until_signalled(backfill_job(settings, request, reporter))
 
 
 async def start_producer(settings: Settings, stack: AsyncExitStack) -> Producer:
@@ -61,7 +90,8 @@ async def notice_relay(
     *,
     database: Reachability | None = None,
 ) -> NoticeRelay | None:
-    """The outbox relay, on a connection of its own, when notices are on (DESIGN §4b)."""
+    """The outbox relay, on a connection of its own, when notices are on ("Revocation notices",
+    docs/design.md)."""
     if settings.revocations_topic is None:
         return None
     pool = await postgres.create_pool(settings, max_size=1, reachable=database)
@@ -139,8 +169,11 @@ async def late_key_sweeper(
     )
 
 
-async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStack) -> Consuming:
-    """The live group's worker with its pool, dead-letter producer and handler."""
+async def build_consumer(
+    settings: Settings, health: Health, stack: AsyncExitStack
+) -> ConsumerParts:
+    """The live group's consumer loop with its pool, dead-letter producer and handler, and its
+    companions: the late-key sweep, and the notice relay when notices are on."""
     database = postgres.reachability(settings)
     stack.push_async_callback(database.close)
     # One connection more for the late-key sweep.
@@ -159,7 +192,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     )
     relay = await notice_relay(settings, producer, stack, database=database)
     sweeper = await late_key_sweeper(settings, pool, stack, relay, database=database)
-    worker = Worker(
+    consumer_loop = ConsumerLoop(
         consumer=kafka.group_consumer(settings),
         handler=build_handler(settings, pool, dead_letters, health, relay, database=database),
         health=health,
@@ -171,8 +204,8 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
         retry_max_wait_s=settings.retry_max_wait_s,
         new_consumer=partial(kafka.group_consumer, settings),
     )
-    return Consuming(
-        worker=worker,
+    return ConsumerParts(
+        consumer_loop=consumer_loop,
         ping_database=partial(postgres.ping, pool),
         companions=(sweeper, relay) if relay else (sweeper,),
     )
@@ -190,10 +223,10 @@ def _wait_limit_s(settings: Settings) -> float:
     return settings.liveness_timeout_s + stalls
 
 
-def worker_process(settings: Settings) -> WorkerProcess:
+def run_process(settings: Settings) -> RunProcess:
     """`cleanup-worker run`, wired and not yet started."""
-    return WorkerProcess(
-        partial(wire_consumer, settings),
+    return RunProcess(
+        partial(build_consumer, settings),
         Health(settings.liveness_timeout_s, wait_limit_s=_wait_limit_s(settings)),
         http_host=settings.http_host,
         http_port=settings.http_port,
@@ -203,7 +236,7 @@ def worker_process(settings: Settings) -> WorkerProcess:
 
 async def run_worker(settings: Settings) -> None:
     """Runs until SIGTERM/SIGINT, then drains and returns (exit code 0)."""
-    await run_until_signalled(worker_process(settings))
+    await run_until_signalled(run_process(settings))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,15 @@
 """Every error this package raises on purpose, and the exit code each one ends a command with.
 
 The classes say what the caller should do about a failure; `exit_code` is the one mapping
-from them to the process's exit status (DESIGN §5: 2 for a bad setting, 3 when a safety
-valve refuses).
+from them to the process's exit status (docs/design.md, "Interfaces": 2 for a bad setting,
+3 when a safety valve refuses). A command that ends normally exits 0, as Python does.
+
+This module sits below every other one (docs/design.md, "Layers"): errors that carry a
+service's values (the backfill's refusal carries its summary) are defined by that service.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # a refusal carries the run's summary for the command to print
-    from cleanup_worker.service.backfill.summary import Summary
-
-EXIT_OK = 0
 EXIT_FAILED = 1  # the command could not do its work (a service down, a bad file, ...)
 EXIT_CONFIG = 2  # a setting is missing or invalid
 EXIT_REFUSED = 3  # a safety valve refused, or another instance holds the run's lock
@@ -33,25 +30,12 @@ class MalformedEvent(CleanupError):
     """
 
 
-class FutureDatedEvent(CleanupError):
-    """A valid event whose time is further ahead of the worker's clock than the allowed skew
-    (DESIGN §2): dead-lettered, and applied by a redrive once its time has come."""
-
-
 class MigrationError(CleanupError):
     """The schema cannot be brought to the expected version (e.g. an applied file changed)."""
 
 
 class SafetyValveError(CleanupError):
     """A bulk operation would change more than its safety limits allow; nothing was written."""
-
-
-class BackfillRefused(SafetyValveError):
-    """A safety valve refused the backfill before its first write; carries the run's summary."""
-
-    def __init__(self, message: str, summary: Summary) -> None:
-        super().__init__(message)
-        self.summary = summary
 
 
 class AlreadyRunning(CleanupError):

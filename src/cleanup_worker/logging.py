@@ -47,7 +47,11 @@ _library_handler: logging.Handler | None = None
 def _route_library_logs(stream: TextIO, renderer: structlog.typing.Processor) -> None:
     """The libraries' own warnings (aiokafka's, asyncpg's) as our lines: same renderer,
     `module` naming their logger. Without a handler Python prints them bare on stderr, and a
-    bare line breaks every JSON log pipeline. Below WARNING they are chatter."""
+    bare line breaks every JSON log pipeline. Below WARNING they are chatter.
+
+    A library's `exc_info` becomes `exception`, the formatted text of the exception and its
+    traceback; left as it is, the renderer would write the tuple's reprs ("<traceback object
+    at 0x…>"), which say nothing."""
     global _library_handler  # noqa: PLW0603 - one process, one root logger
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
@@ -56,6 +60,7 @@ def _route_library_logs(stream: TextIO, renderer: structlog.typing.Processor) ->
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 _module_from_logger_name,
+                structlog.processors.format_exc_info,
             ],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import stamina
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
-from cleanup_worker.adapters.kafka import errors as kafka_errors
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 
@@ -37,6 +37,10 @@ log = get_logger(__name__)
 
 RetryOn = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
 Probe = Callable[[], Awaitable[bool]]
+# The cause an operator can act on, for a retried operation's error (None: nothing to add).
+# Retries sit below the adapters (docs/design.md, "Layers"), so an adapter that knows its
+# library's errors registers one through `install_retry_hooks`.
+Describe = Callable[[str, Exception], str | None]
 
 
 class Reachability:
@@ -64,6 +68,8 @@ class Reachability:
         self._back = asyncio.Event()
         self._back.set()
         self._probing: asyncio.Task[None] | None = None
+        self._absorbing: list[tuple[logging.Logger, Callable[[logging.LogRecord], bool]]] = []
+        self._absorbed = 0  # library warnings folded into the current outage's lines
 
     @property
     def enabled(self) -> bool:
@@ -79,12 +85,46 @@ class Reachability:
         if not self._back.is_set():
             return
         self._back.clear()
+        self._absorbed = 0
         self._probing = asyncio.create_task(self._probe_until_back())
 
     async def wait(self) -> None:
         await self._back.wait()
 
+    def absorb(self, logger: str, message: str) -> None:
+        """Folds a library's own warnings about losing this service (those of `logger` that
+        start with `message` and carry an exception `explains` accepts) into our outage
+        lines: such a warning starts the probe as `lost()` does, and is counted on the
+        `service.reachable` line instead of written. A library that reconnects on its own
+        (asyncpg's pool keeps its connection floor) would otherwise write one of them every
+        few seconds for as long as the outage lasts. Undone by `close()`."""
+        if not self.enabled:
+            return
+
+        def fold(record: logging.LogRecord) -> bool:
+            cause = record.exc_info[1] if record.exc_info else None
+            if not (
+                isinstance(cause, Exception)
+                and self.explains(cause)
+                and record.getMessage().startswith(message)
+            ):
+                return True
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # logged outside the event loop: no probe to start, so say it
+                return True
+            self.lost()
+            self._absorbed += 1
+            return False
+
+        target = logging.getLogger(logger)
+        target.addFilter(fold)
+        self._absorbing.append((target, fold))
+
     async def close(self) -> None:
+        for target, folding in self._absorbing:
+            target.removeFilter(folding)
+        self._absorbing.clear()
         if self._probing is not None:
             self._probing.cancel()
             await asyncio.gather(self._probing, return_exceptions=True)
@@ -108,6 +148,7 @@ class Reachability:
             service=self.service,
             down_s=round(time.monotonic() - lost_at, 3),
             probes=probes,
+            **({"library_warnings_folded": self._absorbed} if self._absorbed else {}),
         )
 
 
@@ -166,13 +207,20 @@ class _AfterProbe:
         return attempt
 
 
+def _no_cause(operation: str, exc: Exception) -> None:
+    return None
+
+
+_describe: Describe = _no_cause
+
+
 def on_retry(details: RetryDetails) -> None:
     """One log line and one count per scheduled retry: the operation and the error's class."""
     error = type(details.caused_by).__name__
     metrics.RETRIES.labels(details.name, error).inc()
     # The cause an operator can act on (a missing ACL, a rejected password, an untrusted
-    # certificate): aiokafka's own exception often does not say it.
-    cause = kafka_errors.describe(details.caused_by) if details.name.startswith("kafka.") else None
+    # certificate): a library's own exception often does not say it.
+    cause = _describe(details.name, details.caused_by)
     log.warning(
         "retry.scheduled",
         operation=details.name,
@@ -183,6 +231,8 @@ def on_retry(details: RetryDetails) -> None:
     )
 
 
-def install_retry_hooks() -> None:
-    """Makes `on_retry` the only retry hook (idempotent)."""
+def install_retry_hooks(describe: Describe | None = None) -> None:
+    """Makes `on_retry` the only retry hook (idempotent); `describe` names the causes."""
+    global _describe  # noqa: PLW0603 - one process, one hook
+    _describe = describe or _no_cause
     set_on_retry_hooks([on_retry])

@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     # 0: no probe, retries back off up to retry_max_wait_s as for any transient error.
     outage_probe_interval_s: float = Field(default=0.5, ge=0, le=60)
 
-    # R6 (DESIGN §2): revoke late keys, or leave them to the backfill. The R1 re-check is
-    # always on.
+    # R6 late keys (docs/design.md): revoke late keys, or leave them to the backfill. The R1
+    # re-check is always on.
     late_keys: Literal["revoke", "off"] = "revoke"
     late_key_settle_s: float = Field(default=30.0, ge=0, le=86_400)
     late_key_sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
@@ -135,7 +135,8 @@ class Settings(BaseSettings):
 
     @property
     def announce_revocations(self) -> bool:
-        """Whether revocations are announced (DESIGN §4b): CLEANUP_REVOCATIONS_TOPIC is set."""
+        """Whether revocations are announced ("Revocation notices", docs/design.md):
+        CLEANUP_REVOCATIONS_TOPIC is set."""
         return self.revocations_topic is not None
 
     def require_kafka(self) -> str:

@@ -16,5 +16,5 @@ from cleanup_worker.settings import Settings
 def configure_process(settings: Settings) -> None:
     """Logs, retry hooks and the Kafka log filter, from the one settings object."""
     configure_logging(settings.log_format, settings.log_level)
-    install_retry_hooks()
+    install_retry_hooks(describe=kafka_errors.describe_retry)
     kafka_errors.install()

@@ -1,5 +1,6 @@
 """Records for the hostile-record test: valid events of a random membership history, mixed with
-records built to break a parser, each labelled with the outcome DESIGN §3 gives it.
+records built to break a parser, each labelled with the outcome the event contract
+(docs/design.md, docs/events.md) gives it.
 
 Every value is written as raw JSON text rather than through json.dumps, so that a record can
 carry what json.dumps never writes: lone surrogate escapes, raw control characters, duplicate
@@ -98,7 +99,7 @@ class Parts:
         rng.shuffle(pairs)
         value = _obj([*pairs, ("data", _obj(list(self.data.items())))])
         # Without ce_ headers a JSON object with specversion is structured, whatever the
-        # content-type says (DESIGN §3: the Python SDK 1.x writes its datacontenttype).
+        # content-type says (the event contract: the Python SDK 1.x writes its datacontenttype).
         ctype = rng.choice(
             [b"application/cloudevents+json", b"application/cloudevents+json; charset=UTF-8",
              b"application/json", b"text/plain", None]

@@ -1,7 +1,8 @@
 """The hostile records themselves, one maker for each kind.
 
-Each maker builds one kind of record and says what DESIGN §3 (and docs/events.md) make of it:
-an event (applied or duplicate), an ignored type, or a malformed record (dead-lettered).
+Each maker builds one kind of record and says what the event contract (docs/design.md,
+docs/events.md) makes of it: an event (applied or duplicate), an ignored type, or a malformed record
+(dead-lettered).
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ BIN, STR = "binary", "structured"
 CASES = [
     # name, producer, mode, SDK binding, the event's datacontenttype, content-type header, ...
     _case("py1-binary", PY1, BIN, "legacy", JSON, JSON),
-    # 1.x writes structured events with content-type application/json (DESIGN §3).
+    # 1.x writes structured events with content-type application/json ("Event contract",
+    # docs/design.md).
     _case("py1-structured", PY1, STR, "legacy", JSON, JSON),
     _case("py1-structured-nodct", PY1, STR, "legacy", None, None),
     # No py1-binary-nodct: 1.x's to_binary raises KeyError without a datacontenttype.

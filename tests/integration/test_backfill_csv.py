@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from cleanup_worker.adapters.membership_file import parse_lines
+from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.errors import BackfillError, BackfillRefused, MembershipFileError
-from cleanup_worker.service.backfill.job import Backfill
+from cleanup_worker.errors import BackfillError, MembershipFileError
 from cleanup_worker.service.backfill.options import BackfillRequest
-from cleanup_worker.service.backfill.summary import Summary
+from cleanup_worker.service.backfill.summary import BackfillRefused, Summary
 from cleanup_worker.settings import Settings
 from tests.support.database import revoked_keys, seed_key
 from tests.support.events import at
@@ -74,7 +74,7 @@ def settings_for(database_url: str) -> Settings:
 
 async def backfill(database_url: str, path: Path, **request: Any) -> Summary:
     options = {"execute": True, "max_fraction": 1.0, "memberships": path, **request}
-    return await Backfill(settings_for(database_url), BackfillRequest(**options)).run()
+    return await backfill_job(settings_for(database_url), BackfillRequest(**options)).run()
 
 
 async def test_file_replaces_account_memberships(

@@ -12,9 +12,9 @@ import pytest
 
 from cleanup_worker.adapters.postgres import backfill_runs, keys
 from cleanup_worker.adapters.postgres.keys import MembershipSource
+from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.rules import Membership, OrphanReason, State, orphan_reason
 from cleanup_worker.errors import BackfillError
-from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Summary
 from cleanup_worker.settings import Settings
@@ -44,7 +44,7 @@ async def member(
 
 async def backfill(database_url: str, **request: Any) -> Summary:
     options = {"execute": True, "max_fraction": EVERYTHING, **request}
-    return await Backfill(settings_for(database_url), BackfillRequest(**options)).run()
+    return await backfill_job(settings_for(database_url), BackfillRequest(**options)).run()
 
 
 async def key_table(db: Any) -> list[tuple[Any, ...]]:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.events import MembershipEvent
-from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, revoked_keys, seed_key
@@ -61,7 +61,7 @@ async def test_backfill_alongside_the_worker_ends_in_the_right_state(
 
     request = BackfillRequest(execute=True, batch_size=4, max_rate=150, max_fraction=1.0)
     async with publisher(settings) as pub, running_worker(settings):
-        backfill = asyncio.create_task(Backfill(settings, request).run())
+        backfill = asyncio.create_task(backfill_job(settings, request).run())
         for removal in removals.values():
             await pub.events([removal])
             await asyncio.sleep(0.02)

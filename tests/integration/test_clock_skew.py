@@ -1,4 +1,4 @@
-"""Clock skew (DESIGN §2): an event dated too far ahead is dead-lettered, not applied, listed
+"""Clock skew (docs/design.md): an event dated too far ahead is dead-lettered, not applied, listed
 with its reason, and applied by a redrive once its time has come."""
 
 from __future__ import annotations

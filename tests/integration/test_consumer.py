@@ -35,11 +35,11 @@ async def test_duplicates_change_nothing(settings: Settings, db: Any) -> None:
         await pub.events([removal, removal])
         await _wait_for_ledger(db, 1)
         await pub.events([removal], mode="b")
-        assert process.worker is not None
-        batches = process.worker.batches
+        assert process.consumer_loop is not None
+        batches = process.consumer_loop.batches
 
         async def third_seen() -> bool:
-            return process.worker is not None and process.worker.batches > batches
+            return process.consumer_loop is not None and process.consumer_loop.batches > batches
 
         await eventually(third_seen)
     assert await revoked_keys(db) == {key: ("member_removed", removal.ref)}

@@ -1,4 +1,5 @@
-"""Network faults between the worker and the real services, through Toxiproxy (DESIGN §6).
+"""Network faults between the worker and the real services, through Toxiproxy (docs/design.md, "Real
+services in tests").
 
 Each test puts one fault on one link while a stream of removals flows, and checks: nothing
 lost and nothing wrong (every key of every removal revoked by its event, once), no committed
@@ -18,10 +19,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
+from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.events import MembershipEvent
-from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
-from cleanup_worker.service.run.process import WorkerProcess
+from cleanup_worker.service.run.process import RunProcess
 from cleanup_worker.settings import Settings
 from tests.services import ROOT, Services
 from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for
@@ -118,14 +119,14 @@ async def _publish(settings: Settings, events: list[MembershipEvent], per_s: flo
             await asyncio.sleep(10 / per_s)
 
 
-async def _status(process: WorkerProcess, path: str) -> int:
+async def _status(process: RunProcess, path: str) -> int:
     assert process.http is not None
     assert process.http.port is not None
     status, _ = await http_get(process.http.port, path)
     return status
 
 
-async def _assert_ready(process: WorkerProcess) -> None:
+async def _assert_ready(process: RunProcess) -> None:
     """Ready now; otherwise the failure shows which part of /readyz said no."""
     assert process.http is not None
     assert process.http.port is not None
@@ -165,14 +166,14 @@ async def _all_done(settings: Settings, db: Any, events: list[MembershipEvent]) 
     assert wrong == 0, "a key was revoked by another event than its owner's removal"
 
 
-async def _ready_again(process: WorkerProcess) -> None:
+async def _ready_again(process: RunProcess) -> None:
     async def ready() -> bool:
         return await _status(process, "/readyz") == 200
 
     await eventually(ready, timeout=60)
 
 
-async def _not_ready_but_live(process: WorkerProcess) -> None:
+async def _not_ready_but_live(process: RunProcess) -> None:
     """Readiness turns false while the fault lasts; liveness stays true meanwhile."""
 
     async def not_ready() -> bool:
@@ -298,7 +299,7 @@ async def test_backfill_goes_on_after_losing_its_connection(
         execute=True, batch_size=4, max_rate=20, max_fraction=1.0, accounts=(f"acct-{run}",)
     )
     retried = sample_total("cleanup_retries_total", operation="database.backfill")
-    backfill = asyncio.create_task(Backfill(proxied, request).run())
+    backfill = asyncio.create_task(backfill_job(proxied, request).run())
     await eventually(lambda: _revoked_at_least(db, 8), timeout=30, interval=0.05)
     if fault == "down":
         async with links.database.down():

@@ -1,5 +1,5 @@
 """Keys that slip past a removal, through the real broker and database: the R1 re-check and
-R6 late keys (DESIGN §2), with the worker as it runs."""
+"R6 late keys" (docs/design.md), with the worker as it runs."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ async def test_re_add_produced_before_the_key_but_held_back_wins(
     revoked."""
     settings = late_settings(settings)
     async with publisher(settings) as pub, running_worker(settings) as process:
-        assert process.worker is not None
+        assert process.consumer_loop is not None
         # A replica that holds its partitions without consuming them: a stuck member.
         stalled = AIOKafkaConsumer(
             settings.kafka_topics[0],
@@ -170,7 +170,7 @@ async def test_re_add_produced_before_the_key_but_held_back_wins(
         )
         await stalled.start()
         try:
-            mine, theirs = await _split_assignment(process.worker.consumer, stalled)
+            mine, theirs = await _split_assignment(process.consumer_loop.consumer, stalled)
             removal = event("removed", "acct", "alice", now())
             await pub.events([removal], partition=mine.partition)
             await wait_for_ledger(db, 1)
@@ -268,7 +268,7 @@ async def test_late_key_revocations_are_announced(
     settings: Settings, db: Any, database_url: str
 ) -> None:
     """With notices on, a key revoked by the re-check and one revoked by R6 are each
-    announced once, with their reason and revoked_by (DESIGN §4b)."""
+    announced once, with their reason and revoked_by ("Revocation notices", docs/design.md)."""
     topic = await create_topic(settings, f"test-notices-{uuid.uuid4().hex[:12]}")
     settings = late_settings(settings, revocations_topic=topic)
     async with (

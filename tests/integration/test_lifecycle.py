@@ -203,7 +203,7 @@ async def test_livez_fails_when_the_poll_loop_is_wedged(settings: Settings) -> N
     async with running_worker(wedged) as process:
         assert process.http is not None
         assert process.http.port is not None
-        assert process.worker is not None
+        assert process.consumer_loop is not None
         assert await _http_status(process.http.port, "/livez") == 200
         # Simulate aiokafka's known hang: the next fetch never returns.
         release = asyncio.Event()
@@ -212,7 +212,7 @@ async def test_livez_fails_when_the_poll_loop_is_wedged(settings: Settings) -> N
             await release.wait()
             return {}
 
-        process.worker.consumer.getmany = hang  # type: ignore[method-assign]  # the hang itself
+        process.consumer_loop.consumer.getmany = hang  # type: ignore[method-assign]  # the hang itself
         await asyncio.sleep(1.0)
         assert await _http_status(process.http.port, "/livez") == 503
         release.set()

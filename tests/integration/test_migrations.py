@@ -59,7 +59,7 @@ async def test_changed_applied_migration_is_an_error(db: Any) -> None:
 
 
 async def test_contract_tables_exist_with_their_columns(db: Any) -> None:
-    """The DESIGN §4 tables carry exactly the contract columns."""
+    """The "Database contract" tables (docs/design.md) carry exactly the contract columns."""
     rows = await db.fetch(
         "SELECT table_name, column_name FROM information_schema.columns "
         "WHERE table_name IN ('api_keys', 'account_memberships') ORDER BY ordinal_position"

@@ -1,6 +1,6 @@
-"""Revocation notices (DESIGN §4b) through the real broker and database: every revoked key is
-announced (the set of notice ids is the set of revoked keys), a rolled-back revocation
-announces nothing, and a SIGKILL at any point loses no notice."""
+"""Revocation notices ("Revocation notices", docs/design.md) through the real broker and database:
+every revoked key is announced (the set of notice ids is the set of revoked keys), a rolled-back
+revocation announces nothing, and a SIGKILL at any point loses no notice."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Real producers through the real broker into one running worker: applied as the contract says.
 
-Every producer the contract names (DESIGN §3) sends, in each mode it offers, one addition and
-one earlier removal of a member of its own account. One worker consumes them all; then each case
-is held to the same outcome: two ledger rows, the old key revoked by the removal, the newer key
-live, the member active since the addition, nothing dead-lettered.
+Every producer the contract names ("Event contract", docs/design.md) sends, in each mode it offers,
+one addition and one earlier removal of a member of its own account. One worker consumes them all;
+then each case is held to the same outcome: two ledger rows, the old key revoked by the removal, the
+newer key live, the member active since the addition, nothing dead-lettered.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from cleanup_worker.adapters.postgres.sqlstate import (
     is_per_event,
     is_transient,
 )
-from cleanup_worker.service.backfill.job import Backfill
+from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.settings import Settings
 from tests.support.database import ledger_size, revoked_keys, seed_key
@@ -190,8 +190,8 @@ async def test_backfill_revocations_are_unaffected(database_url: str, db: Any) -
     orphan = await seed_key(db, "acct", "gone", at(1))
     settings = Settings(database_url=database_url, log_format="json", retry_max_wait_s=0.5)  # type: ignore[arg-type]
     request = BackfillRequest(execute=True, max_fraction=1.0)
-    first = await Backfill(settings, request).run()
-    second = await Backfill(settings, request).run()
+    first = await backfill_job(settings, request).run()
+    second = await backfill_job(settings, request).run()
     assert sum(second.revoked.values()) == 0
     assert await revoked_keys(db) == {
         earlier: ("member_removed", REVOKED_BY),

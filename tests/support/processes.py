@@ -11,15 +11,15 @@ from contextlib import asynccontextmanager
 
 from pydantic import SecretStr
 
-from cleanup_worker.bootstrap import worker_process
-from cleanup_worker.service.run.process import WorkerProcess
+from cleanup_worker.bootstrap import run_process
+from cleanup_worker.service.run.process import RunProcess
 from cleanup_worker.settings import Settings
 
 
 @asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[WorkerProcess]:
+async def running_worker(settings: Settings) -> AsyncIterator[RunProcess]:
     """A worker in this process, started and later drained as SIGTERM would."""
-    process = worker_process(settings)
+    process = run_process(settings)
     task = asyncio.create_task(process.serve())
     started = asyncio.create_task(process.started.wait())
     done, _ = await asyncio.wait({task, started}, timeout=60, return_when=asyncio.FIRST_COMPLETED)

@@ -1,4 +1,4 @@
-"""What a record is (service/apply/classify.py), the clock-skew rule included (DESIGN §2)."""
+"""What a record is (service/apply/classify.py), the clock-skew rule included (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cleanup_worker.adapters.kafka.clients import Record
-from cleanup_worker.adapters.kafka.dead_letter_topic import Failure
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import beyond_clock_skew
-from cleanup_worker.service.apply.classify import FutureDated, RecordClassifier
+from cleanup_worker.service.apply.classify import Failure, FutureDated, RecordClassifier
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SECRET = "IBMid-SECRET-7Q9z"

@@ -1,4 +1,5 @@
-"""The event contract (DESIGN §3): CloudEvents in both content modes, and what is malformed."""
+"""The event contract ("Event contract", docs/design.md): CloudEvents in both content modes, and
+what is malformed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cleanup_worker.adapters.cloudevents.binding import Header, parse_record
+from cleanup_worker.adapters.cloudevents.binding import parse_record
+from cleanup_worker.adapters.kafka.clients import Header
 from cleanup_worker.domain.events import Change, EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.errors import MalformedEvent
 
@@ -24,7 +26,7 @@ Event = dict[str, Any]
 
 
 def example(**attributes: Any) -> Event:
-    """The DESIGN §3 example event, with `attributes` replaced."""
+    """The event contract's example event (docs/events.md), with `attributes` replaced."""
     event: Event = {
         "specversion": "1.0",
         "id": "6f1c0c9e-5d2e-4a3b-9a61-0d5f1f3b2a10",

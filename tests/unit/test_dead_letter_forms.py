@@ -7,8 +7,9 @@ import pytest
 
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.adapters.kafka.clients import Record
+from cleanup_worker.service.apply.classify import Failure
 
-FAILURE = dlq.Failure("MalformedEvent", "value: not valid JSON " + "x" * 5000)
+FAILURE = Failure("MalformedEvent", "value: not valid JSON " + "x" * 5000)
 
 
 def _record(key: bytes | None, value: bytes | None) -> Record:

@@ -18,8 +18,8 @@ REGENERATE = (
     "docs/event-schema.json is stale; regenerate it with "
     "`.venv/bin/python -m cleanup_worker.adapters.cloudevents.schema > docs/event-schema.json`"
 )
-# DESIGN §3, verbatim.
-DESIGN_EXAMPLE = """
+# The event contract's example (docs/events.md), verbatim.
+CONTRACT_EXAMPLE = """
 {"specversion": "1.0", "id": "6f1c0c9e-5d2e-4a3b-9a61-0d5f1f3b2a10",
  "source": "/accounts", "type": "account.member.removed",
  "time": "2026-11-26T14:03:07.512Z", "datacontenttype": "application/json",
@@ -71,7 +71,7 @@ def test_checked_in_schema_is_the_command_output(capsys: pytest.CaptureFixture[s
 
 
 def test_schema_requires_the_contract_attributes() -> None:
-    """The schema lists every required attribute and data field of DESIGN §3."""
+    """The schema lists every required attribute and data field of the event contract."""
     generated = event_json_schema()
     data = generated["$defs"]["MembershipData"]
     assert set(generated["required"]) == {"specversion", "id", "source", "type", "time", "data"}
@@ -91,18 +91,18 @@ def test_schema_states_the_limits() -> None:
 
 
 def test_design_example_fits_the_schema() -> None:
-    """The DESIGN §3 example satisfies the schema."""
-    assert conforms(json.loads(DESIGN_EXAMPLE), checked_in(), checked_in())
+    """The event contract's example satisfies the schema."""
+    assert conforms(json.loads(CONTRACT_EXAMPLE), checked_in(), checked_in())
 
 
 def test_schema_rejects_a_time_without_offset() -> None:
     """The schema's time pattern, like the parser, wants an explicit offset."""
-    event = json.loads(DESIGN_EXAMPLE) | {"time": "2026-11-26T14:03:07.512"}
+    event = json.loads(CONTRACT_EXAMPLE) | {"time": "2026-11-26T14:03:07.512"}
     assert not conforms(event, checked_in(), checked_in())
 
 
 def test_design_example_parses() -> None:
-    """The DESIGN §3 example is a valid removal in structured mode."""
-    event = parse_record(DESIGN_EXAMPLE.encode(), [], types=EventTypes(), max_bytes=65536)
+    """The event contract's example is a valid removal in structured mode."""
+    event = parse_record(CONTRACT_EXAMPLE.encode(), [], types=EventTypes(), max_bytes=65536)
     assert isinstance(event, MembershipEvent)
     assert (event.account_id, event.iam_id) == ("a-4f2e91", "IBMid-550001")

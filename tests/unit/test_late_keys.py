@@ -1,4 +1,4 @@
-"""The R1 re-check and R6 (DESIGN §2) as pure decisions, and the sweep's cursor."""
+"""The R1 re-check and R6 (docs/design.md) as pure decisions, and the sweep's cursor."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The checked-in JSON Schema of the revocation notice matches the model, and a notice built
-from an outbox row is the DESIGN §4b example's shape (and never carries a key hash)."""
+from an outbox row has the shape of docs/revocations.md's example (and never carries a key
+hash)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import stamina
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from structlog.testing import capture_logs
 
+from cleanup_worker.adapters.kafka import errors as kafka_errors
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import install_retry_hooks, on_retry, retrying
 
@@ -76,7 +77,7 @@ def test_unbounded_by_default_is_refused_nowhere() -> None:
 
 async def test_a_kafka_retry_names_its_cause() -> None:
     """A Kafka operation's retry line says what to fix (here: the missing ACL on a topic)."""
-    install_retry_hooks()
+    install_retry_hooks(describe=kafka_errors.describe_retry)
     stamina.set_testing(True, attempts=2)
 
     async def refused() -> None:

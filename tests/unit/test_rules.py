@@ -1,4 +1,5 @@
-"""The rules R1–R5 (DESIGN §2): examples of each, then order independence, property-based."""
+"""The rules R1–R5 ("Rules", docs/design.md): examples of each, then order independence,
+property-based."""
 
 from __future__ import annotations
 

@@ -10,13 +10,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cleanup_worker.adapters.postgres.backfill_runs import Assessment
+from cleanup_worker.bootstrap import run_backfill
 from cleanup_worker.cli.progress import ProgressDisplay
-from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.errors import BackfillRefused
-from cleanup_worker.service.backfill.job import run_backfill
+from cleanup_worker.domain.rules import Assessment, OrphanReason
 from cleanup_worker.service.backfill.options import BackfillRequest
-from cleanup_worker.service.backfill.summary import Summary
+from cleanup_worker.service.backfill.summary import BackfillRefused, Summary
 from cleanup_worker.settings import Settings
 
 _CASES = {

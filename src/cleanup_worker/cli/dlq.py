@@ -12,8 +12,8 @@ from rich.table import Table
 
 from cleanup_worker.cli.app import app
 from cleanup_worker.cli.common import run_async, settings_or_exit
+from cleanup_worker.cli.output import counts_table, print_json
 from cleanup_worker.cli.progress import ProgressDisplay
-from cleanup_worker.cli.replay import counts_table, print_json
 from cleanup_worker.service.dead_letters import DeadLetter, RedriveReport
 from cleanup_worker.settings import Settings
 

@@ -1,4 +1,5 @@
-"""Progress of a bulk command: bars on a terminal, structured log lines otherwise (DESIGN §5).
+"""Progress of a bulk command: bars on a terminal, structured log lines otherwise ("Interfaces",
+docs/design.md).
 
 One helper for backfill, replay and dlq, so that a person at a terminal and a log pipeline
 see the same figures, whichever command runs.

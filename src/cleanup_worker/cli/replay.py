@@ -1,9 +1,8 @@
-"""`cleanup-worker replay`, and what the operator commands share: clients, progress, output."""
+"""`cleanup-worker replay`."""
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +12,7 @@ from rich.table import Table
 from cleanup_worker.adapters.kafka.windows import Bound, parse_when
 from cleanup_worker.cli.app import app
 from cleanup_worker.cli.common import run_async, settings_or_exit
+from cleanup_worker.cli.output import counts_table, print_json
 from cleanup_worker.cli.progress import ProgressDisplay
 from cleanup_worker.errors import WindowError
 from cleanup_worker.logging import get_logger
@@ -20,19 +20,6 @@ from cleanup_worker.service.replay import ReplayReport
 from cleanup_worker.settings import Settings
 
 log = get_logger(__name__)
-
-
-def print_json(document: dict[str, Any]) -> None:
-    typer.echo(json.dumps(document, indent=2, default=str))
-
-
-def counts_table(title: str, summary: dict[str, Any], rows: list[str]) -> Table:
-    table = Table(title=title)
-    table.add_column("")
-    table.add_column("count", justify="right")
-    for name in rows:
-        table.add_row(name.replace("_", " "), str(summary[name]))
-    return table
 
 
 def _when(value: str) -> Bound:

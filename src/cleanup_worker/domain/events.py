@@ -1,4 +1,5 @@
-"""Membership events as the rules see them (DESIGN §2): what changed, for whom, and when.
+"""Membership events as the rules see them ("Rules", docs/design.md): what changed, for whom, and
+when.
 
 How they arrive (CloudEvents over Kafka) is an adapter's business:
 `adapters/cloudevents/binding.py`.
@@ -10,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-__all__ = ["Change", "EventTypes", "IgnoredEvent", "MembershipEvent", "Origin"]
+__all__ = ["Change", "EventTypes", "IgnoredEvent", "Member", "MembershipEvent", "Origin"]
 
-Member = tuple[str, str]  # (account_id, iam_id)
+Member = tuple[str, str]  # (account_id, iam_id): whose membership, the unit of every rule
 
 
 class Change(StrEnum):

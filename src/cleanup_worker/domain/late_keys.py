@@ -1,7 +1,10 @@
-"""Keys that slip past a removal (DESIGN §2): the R1 re-check and R6, as pure functions.
+"""Keys that slip past a removal ("R1 re-check" and "R6 late keys", docs/design.md), as pure
+functions.
 
-The sweep's SQL (adapters/postgres/late_keys.py) implements these decisions for many keys at once;
-the tests hold both to these functions and to the oracle.
+They state the rules; the statements in adapters/postgres/keys.py apply them to many keys at
+once (`_RECHECK` the re-check, `LATE_KEYS_SQL` and `_REVOKE_LATE` R6, R1's statement noting
+R6's candidates), and tests/integration/test_late_key_sweep.py holds the SQL to these
+functions on random data. adapters/postgres/late_keys.py only keeps the sweep's cursor.
 """
 
 from __future__ import annotations

@@ -1,20 +1,28 @@
-"""The rules R1–R5 of DESIGN §2 as pure functions: no I/O, no clock, no Kafka, no database.
+"""The rules R1–R5 and the clock-skew rule ("Rules", docs/design.md) stated as pure
+functions: no I/O, no clock, no Kafka, no database.
 
 Each rule has one function here whose docstring names it, so a reader looking for "what does R3
-say, exactly" starts in this file. The adapters only move rows in and out; the decisions are
-made here, and every one of them depends on the *set* of events seen, never on their order.
+say, exactly" starts in this file, and every one of them depends on the *set* of events seen,
+never on their order. Where a rule is *applied* differs: the clock-skew check and R1's choice
+of one removal per member run here, on a batch's events; R3 runs here on the rows a batch
+locked; R1 and R5 (and the R1 re-check and R6 of domain/late_keys.py) run as set-based SQL
+statements in adapters/postgres/keys.py, one statement for a whole batch, and tests hold each
+statement to its function here (the table in docs/design.md names them). R4 is kept by the
+database itself, a trigger of the migrations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from uuid import UUID
 
 from cleanup_worker.domain.events import Change, MembershipEvent
 
 __all__ = [
+    "Assessment",
     "HistoryEntry",
     "Membership",
     "OrphanReason",
@@ -186,6 +194,25 @@ def orphan_reason(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """R5 over a set of keys: how many there are, and how many it orphans by each case.
+
+    The backfill's safety valves decide on it before the first write."""
+
+    keys_scanned: int
+    keys_unrevoked: int
+    by_reason: dict[OrphanReason, int]
+    accounts_affected: int
+    top_accounts: list[tuple[str, int]] = field(default_factory=list)
+    sample_key_ids: list[UUID] = field(default_factory=list)
+    has_active_members: bool = True
+
+    @property
+    def candidates(self) -> int:
+        return sum(self.by_reason.values())
+
+
 def latest_removals(events: Iterable[MembershipEvent]) -> dict[tuple[str, str], MembershipEvent]:
     """R1 batched: per (account_id, iam_id), the removal with the greatest `order_key`.
 
@@ -206,7 +233,7 @@ def latest_removals(events: Iterable[MembershipEvent]) -> dict[tuple[str, str], 
 
 
 def beyond_clock_skew(event_time: datetime, now: datetime, max_skew_s: float) -> bool:
-    """Clock skew (DESIGN §2): an event dated more than `max_skew_s` seconds after `now` is not
+    """Clock skew (docs/design.md): an event dated more than `max_skew_s` seconds after `now` is not
     applied. A future-dated removal would keep its member `removed` past every real re-add,
     and R5 would then revoke the keys of their next membership. Events from the past are
     normal (replays)."""

@@ -1,4 +1,5 @@
-"""The shapes of the values that cross our boundary (DESIGN §3): times and identifiers.
+"""The shapes of the values that cross our boundary ("Event contract", docs/design.md): times and
+identifiers.
 
 Events and the operator's memberships file carry the same kinds of values, so both read them
 through the functions here; their limits and their time format are written down once.

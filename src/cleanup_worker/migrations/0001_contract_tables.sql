@@ -1,5 +1,5 @@
--- The contract tables (DESIGN §4). IF NOT EXISTS: the worker often joins a system
--- whose api_keys and account_memberships already exist.
+-- The contract tables ("Database contract", docs/design.md). IF NOT EXISTS: the worker often
+-- joins a system whose api_keys and account_memberships already exist.
 CREATE TABLE IF NOT EXISTS api_keys (
     id                uuid PRIMARY KEY,
     account_id        text NOT NULL,

@@ -1,6 +1,6 @@
--- The revocation outbox (DESIGN §4b, docs/revocations.md): one row per key revoked, written
--- in the same transaction as the revocation when CLEANUP_REVOCATIONS_TOPIC is set, and
--- deleted by the relay once the broker acknowledged the notice. A revocation that rolls back
+-- The revocation outbox ("The outbox", docs/design.md; docs/revocations.md): one row per key
+-- revoked, written in the same transaction as the revocation when CLEANUP_REVOCATIONS_TOPIC is
+-- set, and deleted by the relay once the broker acknowledged the notice. A revocation that rolls back
 -- leaves no row; a committed one is announced at least once.
 CREATE TABLE IF NOT EXISTS revocation_outbox (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

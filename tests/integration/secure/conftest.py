@@ -1,4 +1,5 @@
-"""Fixtures for the secured services of `scripts/dev-services up --secure` (DESIGN §6).
+"""Fixtures for the secured services of `scripts/dev-services up --secure` (docs/design.md, "Real
+services in tests").
 
 The broker and PostgreSQL are the same ones the plain tests use (`.dev/env`); the test arranges
 and inspects through them in plain text, and runs the programs through the secured listeners

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.adapters.kafka.clients import Record
+from cleanup_worker.service.apply.classify import Failure
 from cleanup_worker.settings import Settings
 from tests.integration.secure.conftest import TRANSPORTS, SecureServices
 from tests.support.database import revoked_keys, seed_key
@@ -33,7 +34,7 @@ async def run_json(secured: Settings, secure: SecureServices, *args: str) -> dic
 async def dead_letter(settings: Settings, value: bytes, headers: list[tuple[str, bytes]]) -> None:
     """A dead letter as the worker writes it: the record, plus provenance headers."""
     record = Record(settings.kafka_topics[0], 1, 7, 0, b"acct/dora", value, tuple(headers))
-    failure = dlq.Failure("MalformedEvent", "larger than the configured maximum")
+    failure = Failure("MalformedEvent", "larger than the configured maximum")
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
     try:

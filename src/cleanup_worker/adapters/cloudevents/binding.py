@@ -1,5 +1,5 @@
-"""The CloudEvents Kafka protocol binding for membership events (DESIGN §3): parsing as its
-own layer, and the JSON Schema producers read.
+"""The CloudEvents Kafka protocol binding for membership events ("Event contract", docs/design.md):
+parsing as its own layer, and the JSON Schema producers read.
 
 `parse_record` turns one record into a `MembershipEvent`, an `IgnoredEvent` (a valid event of
 another type) or a `MalformedEvent` error, and nothing else for any input: whatever a producer
@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticCustomError
 
+from cleanup_worker.adapters.kafka.clients import Header
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent, Origin
 from cleanup_worker.domain.values import (
     ACCOUNT_ID_MAX,
@@ -30,9 +31,7 @@ from cleanup_worker.domain.values import (
 )
 from cleanup_worker.errors import MalformedEvent
 
-__all__ = ["Header", "event_json_schema", "parse_record", "public_json_schema"]
-
-Header = tuple[str, bytes | None]
+__all__ = ["event_json_schema", "parse_record", "public_json_schema"]
 
 _BAD_TIME = "not an RFC 3339 timestamp with offset"
 _BAD_TEXT = "must not contain control characters or unpaired surrogates"
@@ -199,9 +198,10 @@ def _structured_event(
         return None
     if content_type is None:
         return _load_object(value, "value")
-    # DESIGN §3: the CloudEvents Python SDK's legacy Kafka binding writes structured events with
-    # the event's `datacontenttype` as content-type and no ce_ headers. Without ce_specversion a
-    # record cannot be binary, so a JSON object that names its specversion is the event itself.
+    # The event contract (docs/design.md, docs/events.md): the CloudEvents Python SDK's legacy Kafka
+    # binding writes structured events with the event's `datacontenttype` as content-type and no ce_
+    # headers. Without ce_specversion a record cannot be binary, so a JSON object that names its
+    # specversion is the event itself.
     try:
         event = _load_object(value, "value")
     except MalformedEvent:

@@ -1,5 +1,5 @@
-"""The revocation notice (DESIGN §4b): a structured CloudEvent per revoked key, its Kafka
-record, and its JSON Schema for receivers (docs/revocation-notice-schema.json).
+"""The revocation notice ("Revocation notices", docs/design.md): a structured CloudEvent per revoked
+key, its Kafka record, and its JSON Schema for receivers (docs/revocation-notice-schema.json).
 
 Never the key hash: a notice names the key by its id.
 """
@@ -12,7 +12,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cleanup_worker.adapters.cloudevents.binding import Header, public_json_schema
+from cleanup_worker.adapters.cloudevents.binding import public_json_schema
+from cleanup_worker.adapters.kafka.clients import Header
 from cleanup_worker.adapters.postgres.outbox import OutboxRow
 
 CONTENT_TYPE = "application/cloudevents+json"

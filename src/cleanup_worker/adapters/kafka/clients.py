@@ -17,7 +17,6 @@ from aiokafka import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from cleanup_worker.adapters.cloudevents.binding import Header
 from cleanup_worker.domain.events import Origin
 from cleanup_worker.errors import ConfigurationError
 from cleanup_worker.logging import get_logger
@@ -29,6 +28,8 @@ log = get_logger(__name__)
 # so that mypy checks our side of every call.
 
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+# A Kafka record header: its name, and its value (Kafka allows a null one).
+Header = tuple[str, bytes | None]
 
 
 class _Client(Protocol):

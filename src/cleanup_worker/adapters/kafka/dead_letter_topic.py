@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
@@ -35,12 +35,15 @@ PROVENANCE_HEADERS = frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why a record could not be applied; the message is safe to log (no payload)."""
+class Failure(Protocol):
+    """Why a record could not be applied, as the dead letter records it. The service decides
+    it (service/apply/classify.py's `Failure` is one); the message is safe to log."""
 
-    error_class: str
-    message: str
+    @property
+    def error_class(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
 
 
 def provenance_headers(record: Record, group: str, failure: Failure) -> list[tuple[str, bytes]]:

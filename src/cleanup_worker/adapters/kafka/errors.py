@@ -80,6 +80,11 @@ def describe(exc: BaseException) -> str | None:
     return None
 
 
+def describe_retry(operation: str, exc: Exception) -> str | None:
+    """The retry hook's cause for a Kafka operation (named `kafka.…`); None for others."""
+    return describe(exc) if operation.startswith("kafka.") else None
+
+
 def _args(exc: BaseException) -> str:
     return ", ".join(str(arg) for arg in exc.args) or "(unnamed)"
 

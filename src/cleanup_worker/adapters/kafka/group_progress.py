@@ -1,4 +1,5 @@
-"""How far the whole consumer group has got, in time: R6's guard (DESIGN §2).
+"""How far the whole consumer group has got, in time: R6's guard ("R6 waits for
+the group", docs/design.md).
 
 "Consumed every record produced before X" means, on every partition of the configured
 topics, the group's committed offset is at or past the first record whose timestamp is X

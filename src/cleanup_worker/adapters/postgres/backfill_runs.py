@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.keys import ORPHAN_REASON_SQL, MembershipSource
 from cleanup_worker.adapters.postgres.locks import BACKFILL_LOCK_KEY
-from cleanup_worker.domain.rules import OrphanReason
+from cleanup_worker.domain.rules import Assessment, OrphanReason
 
-# "backfill" in ASCII; only one backfill (dry run or not) runs at a time, per database.
+# Only one backfill (dry run or not) runs at a time, per database: the session advisory lock
+# whose key is in locks.py.
 
 
 async def try_lock(conn: Connection) -> bool:
@@ -183,23 +184,6 @@ async def finish_run(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Assessment:
-    """What the keys in scope look like right now, and which ones R5 orphans."""
-
-    keys_scanned: int
-    keys_unrevoked: int
-    by_reason: dict[OrphanReason, int]
-    accounts_affected: int
-    top_accounts: list[tuple[str, int]] = field(default_factory=list)
-    sample_key_ids: list[UUID] = field(default_factory=list)
-    has_active_members: bool = True
-
-    @property
-    def candidates(self) -> int:
-        return sum(self.by_reason.values())
-
-
 _CANDIDATES = "pg_temp.backfill_candidates"
 # Enough for the hash of a few million memberships without spilling to disk; one session.
 ASSESSMENT_WORK_MEM = "64MB"
@@ -282,13 +266,14 @@ async def assess(
     )
 
 
-_FIRST_CANDIDATES = f"""
-SELECT coalesce(array_agg(id ORDER BY id), '{{}}'), coalesce(array_agg(reason ORDER BY id), '{{}}')
-FROM (SELECT id, reason FROM {_CANDIDATES} ORDER BY id LIMIT $1) AS batch
+_FIRST_CANDIDATES = """
+SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(reason ORDER BY id), '{}')
+FROM (SELECT id, reason FROM pg_temp.backfill_candidates ORDER BY id LIMIT $1) AS batch
 """
-_NEXT_CANDIDATES = f"""
-SELECT coalesce(array_agg(id ORDER BY id), '{{}}'), coalesce(array_agg(reason ORDER BY id), '{{}}')
-FROM (SELECT id, reason FROM {_CANDIDATES} WHERE id > $2 ORDER BY id LIMIT $1) AS batch
+_NEXT_CANDIDATES = """
+SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(reason ORDER BY id), '{}')
+FROM (SELECT id, reason FROM pg_temp.backfill_candidates WHERE id > $2 ORDER BY id LIMIT $1)
+    AS batch
 """
 
 

@@ -68,12 +68,16 @@ def reachability(settings: Settings) -> Reachability:
         await conn.close(timeout=PROBE_TIMEOUT_S)
         return True
 
-    return Reachability(
+    database = Reachability(
         "database",
         probe,
         explains=is_unreachable,
         interval_s=settings.outage_probe_interval_s,
     )
+    # The pools' own reconnect loop: without this, one warning with a traceback every few
+    # seconds, per pool, for as long as the database is away.
+    database.absorb("asyncpg.pool", "Failed to restore the pool connection floor")
+    return database
 
 
 async def create_pool(

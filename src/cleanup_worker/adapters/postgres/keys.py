@@ -3,8 +3,12 @@ its re-check, R5 and R6.
 
 With notices on (CLEANUP_REVOCATIONS_TOPIC), each revoking statement also writes one
 `revocation_outbox` row per key it revoked, from its own RETURNING: the same statement, so
-the same transaction, and no statement per key (DESIGN §4b). Without, the statements are
-the plain ones: no outbox, no cost.
+the same transaction, and no statement per key ("Revocation notices", docs/design.md).
+Without, the statements are the plain ones: no outbox, no cost.
+
+The statements are written as they run, with `{name}` marking where a part goes; `_fill`
+puts the parts in by plain replacement (not `str.format`), so the SQL's own braces, such as
+the empty array '{}', stay as written.
 """
 
 from __future__ import annotations
@@ -38,13 +42,20 @@ _ANNOUNCED_COLUMNS = (
 )
 
 
+def _fill(statement: str, **parts: str) -> str:
+    """`statement` with each `{name}` replaced by `parts[name]`."""
+    for name, part in parts.items():
+        statement = statement.replace("{" + name + "}", part)
+    return statement
+
+
 def _with_and_without_notices(statement: str, *, plain: str, event_time: str) -> dict[bool, str]:
     """The statement keyed by "announce?": `{returning}` is what `revoked` returns (`plain`
     without notices), `{announce}` where the outbox CTE goes."""
-    announced = _ANNOUNCED_COLUMNS.format(event_time=event_time)
+    announced = _fill(_ANNOUNCED_COLUMNS, event_time=event_time)
     return {
-        False: statement.format(returning=plain, announce=""),
-        True: statement.format(returning=announced, announce=_ANNOUNCE),
+        False: _fill(statement, returning=plain, announce=""),
+        True: _fill(statement, returning=announced, announce=_ANNOUNCE),
     }
 
 
@@ -84,7 +95,7 @@ _REVOKE_FOR_REMOVALS = {
     (announce, note): statement
     for note in (False, True)
     for announce, statement in _with_and_without_notices(
-        _R1.replace("{note}", _NOTE_LATE if note else ""),
+        _fill(_R1, note=_NOTE_LATE if note else ""),
         plain="1",
         event_time="removal.removed_at",
     ).items()
@@ -150,15 +161,16 @@ WITH revoked AS (
     WHERE k.id = ANY($1::uuid[])
       AND k.revoked_at IS NULL
       AND {verdict} IS NOT NULL
-    RETURNING {{returning}}
-){{announce}}
-SELECT coalesce(array_agg(id), '{{{{}}}}') FROM revoked
+    RETURNING {returning}
+){announce}
+SELECT coalesce(array_agg(id), '{}') FROM revoked
 """
 
 _REVOKE_ORPHANS_SQL = {
     source: _with_and_without_notices(
-        _REVOKE_ORPHANS.format(
-            verdict=_VERDICT.format(reason=ORPHAN_REASON_SQL, memberships=source.value)
+        _fill(
+            _REVOKE_ORPHANS,
+            verdict=_fill(_VERDICT, reason=ORPHAN_REASON_SQL, memberships=source.value),
         ),
         plain="k.id",
         event_time="k.revoked_at",
@@ -265,19 +277,22 @@ WHERE r.event_time = m.changed_at AND k.created_at > r.event_time
 # No event asked for an R6 revocation when it happens, so, as for the backfill, the notice's
 # event time is the revocation's.
 _REVOKE_LATE = _with_and_without_notices(
-    f"""
-WITH late AS ({LATE_KEYS_SQL} AND c.key_id = ANY($1::uuid[])),
+    _fill(
+        """
+WITH late AS ({late_keys} AND c.key_id = ANY($1::uuid[])),
 revoked AS (
     UPDATE api_keys AS k
     SET revoked_at = now(), revocation_reason = 'orphaned', revoked_by = late.ref
     FROM late
     WHERE k.id = late.key_id AND k.revoked_at IS NULL
-    RETURNING {{returning}}
-){{announce}}, forgotten AS (
+    RETURNING {returning}
+){announce}, forgotten AS (
     DELETE FROM late_key_candidates WHERE key_id IN (SELECT id FROM revoked)
 )
 SELECT id, account_id, iam_id, revoked_by FROM revoked
 """,
+        late_keys=LATE_KEYS_SQL,
+    ),
     plain=_SWEPT_COLUMNS,
     event_time="k.revoked_at",
 )

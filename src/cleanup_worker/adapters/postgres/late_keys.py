@@ -1,4 +1,5 @@
-"""SQL of the late-key sweep (DESIGN §2): its shared cursor, and R6's candidates.
+"""SQL of the late-key sweep ("R1 re-check", "R6 late keys", docs/design.md): its shared cursor, and
+R6's candidates.
 
 The revoking statements are in keys.py, with every other revocation. Migration 0008
 explains the cursor.

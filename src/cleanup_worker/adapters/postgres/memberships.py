@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.domain.events import Change, MembershipEvent
+from cleanup_worker.domain.events import Change, Member, MembershipEvent
 from cleanup_worker.domain.rules import HistoryEntry, Membership, State
-
-Member = tuple[str, str]  # (account_id, iam_id), as MembershipEvent.member
 
 
 def _columns(members: Iterable[Member]) -> tuple[list[str], list[str]]:

@@ -1,6 +1,6 @@
-"""SQL of the revocation outbox (DESIGN §4b): the relay claims rows without blocking other
-replicas, deletes them once the broker acknowledged their notices, and reports the backlog.
-The rows themselves are written by the revoking statements in `keys.py`."""
+"""SQL of the revocation outbox ("The outbox", docs/design.md): the relay claims rows without
+blocking other replicas, deletes them once the broker acknowledged their notices, and reports the
+backlog. The rows themselves are written by the revoking statements in `keys.py`."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from cleanup_worker.adapters.postgres import keys, memberships
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.adapters.postgres.memberships import Member
-from cleanup_worker.domain.events import Change, MembershipEvent
+from cleanup_worker.domain.events import Change, Member, MembershipEvent
 from cleanup_worker.domain.rules import (
     HistoryEntry,
     Membership,
@@ -37,8 +36,8 @@ async def apply_events(
     note_late_keys: bool = False,
 ) -> Applied:
     """Runs inside the caller's transaction. `events` hold no repeated identity. `announce`:
-    write a revocation notice to the outbox for each key revoked (DESIGN §4b).
-    `note_late_keys`: note the keys a removal leaves for R6 to judge."""
+    write a revocation notice to the outbox for each key revoked ("Revocation notices",
+    docs/design.md). `note_late_keys`: note the keys a removal leaves for R6 to judge."""
     members = sorted({event.member for event in events})
     await memberships.prefer_index_lookups(conn)
     # First the member locks, so that every later statement sees whatever another replica

@@ -13,10 +13,21 @@ from datetime import UTC, datetime
 
 from cleanup_worker.adapters.cloudevents.binding import parse_record
 from cleanup_worker.adapters.kafka.clients import Record
-from cleanup_worker.adapters.kafka.dead_letter_topic import Failure
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import beyond_clock_skew
-from cleanup_worker.errors import FutureDatedEvent, MalformedEvent
+from cleanup_worker.errors import MalformedEvent
+
+# The error class a future-dated event is dead-lettered with. It is a verdict, not an
+# exception: nothing raises it, and the dead letter, `dlq list` and the alert name it.
+FUTURE_DATED = "FutureDatedEvent"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a record could not be applied; the message is safe to log (no payload)."""
+
+    error_class: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +43,8 @@ Classified = MembershipEvent | IgnoredEvent | FutureDated | Failure
 
 @dataclass(frozen=True, slots=True)
 class RecordClassifier:
-    """Parses a record and applies the clock-skew rule (DESIGN §2, §3)."""
+    """Parses a record and applies the clock-skew rule ("Clock skew" and "Event contract",
+    docs/design.md)."""
 
     types: EventTypes
     max_bytes: int
@@ -65,4 +77,4 @@ class RecordClassifier:
             f"more than the allowed skew of {self.max_future_skew_s:g}s; "
             "redrive it once its time has come"
         )
-        return Failure(FutureDatedEvent.__name__, message)
+        return Failure(FUTURE_DATED, message)

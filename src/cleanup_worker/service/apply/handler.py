@@ -1,5 +1,7 @@
 """The one path by which records become effects: parse, dead-letter, apply a batch in one
-transaction. `run`, `replay` and `dlq redrive` all go through `BatchHandler.handle`."""
+transaction. `replay` and `dlq redrive` call `BatchHandler.handle`; `run`'s consumer loop
+calls its two halves, `parse` and `apply`, apart, so that it parses the next batch while the
+database applies this one."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from typing import Protocol
 import asyncpg
 
 from cleanup_worker.adapters.kafka.clients import Record
-from cleanup_worker.adapters.kafka.dead_letter_topic import Failure
 from cleanup_worker.adapters.postgres import keys
 from cleanup_worker.adapters.postgres.connections import Pool
 from cleanup_worker.adapters.postgres.sqlstate import describe, is_per_event, is_transient
@@ -23,7 +24,7 @@ from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.apply.batch_transaction import apply_events
-from cleanup_worker.service.apply.classify import FutureDated, RecordClassifier
+from cleanup_worker.service.apply.classify import Failure, FutureDated, RecordClassifier
 
 log = get_logger(__name__)
 

@@ -1,8 +1,8 @@
 """`cleanup-worker backfill`: finds the keys R5 orphans and, with `--execute`, revokes them.
 
-One dedicated connection carries the whole run: it holds the session advisory lock (one
-backfill at a time), the TEMP tables (the memberships file, the candidates), and each
-batch's short transaction. The steps:
+One dedicated connection, opened as bootstrap.py says, carries the whole run: it holds the
+session advisory lock (one backfill at a time), the TEMP tables (the memberships file, the
+candidates), and each batch's short transaction. The steps:
 
 1. lock; load `--memberships FILE.csv` if given (validated while it streams, before any write);
 2. open a run record (new, or the interrupted run that `--resume` continues);
@@ -27,18 +27,18 @@ import signal
 import time
 import uuid
 from collections import Counter
-from contextlib import suppress
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import replace
 
 from cleanup_worker.adapters import membership_file
 from cleanup_worker.adapters.postgres import backfill_runs, keys
-from cleanup_worker.adapters.postgres import connections as postgres
-from cleanup_worker.adapters.postgres.backfill_runs import Assessment, RunRecord
+from cleanup_worker.adapters.postgres.backfill_runs import RunRecord
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.keys import MembershipSource
 from cleanup_worker.adapters.postgres.sqlstate import is_lost_race, is_unreachable
-from cleanup_worker.domain.rules import OrphanReason
-from cleanup_worker.errors import AlreadyRunning, BackfillRefused
+from cleanup_worker.domain.rules import Assessment, OrphanReason
+from cleanup_worker.errors import AlreadyRunning
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import retrying
@@ -49,24 +49,36 @@ from cleanup_worker.service.backfill.options import (
 )
 from cleanup_worker.service.backfill.summary import (
     TOP,
+    BackfillRefused,
     QuietReporter,
     Reporter,
     Summary,
     assessment_fields,
 )
-from cleanup_worker.settings import Settings
 
 log = get_logger(__name__)
+
+# Opens the run's one connection (waiting for a database that is starting), and closes it.
+Connect = Callable[[], AbstractAsyncContextManager[Connection]]
 
 
 class Backfill:
     """One run of the backfill, from lock to summary. `request_stop` may come at any time."""
 
     def __init__(
-        self, settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
+        self,
+        connect: Connect,
+        request: BackfillRequest,
+        reporter: Reporter | None = None,
+        *,
+        statement_timeout_ms: int,
+        retry_max_wait_s: float,
+        announce: bool,
     ) -> None:
-        self.settings = settings
-        self._announce = settings.announce_revocations
+        self._connect = connect
+        self._statement_timeout_ms = statement_timeout_ms
+        self._retry_max_wait_s = retry_max_wait_s
+        self._announce = announce
         self.request = request
         self.reporter: Reporter = reporter or QuietReporter()
         self._stop = asyncio.Event()
@@ -82,7 +94,7 @@ class Backfill:
         async for attempt in retrying(
             "database.backfill",
             on=self._reconnect_after,
-            wait_max=self.settings.retry_max_wait_s,
+            wait_max=self._retry_max_wait_s,
         ):
             with attempt:
                 return await self._connected(started)
@@ -99,8 +111,8 @@ class Backfill:
 
     async def _connected(self, started: float) -> Summary:
         """The run on one connection, from the lock to the summary."""
-        async with postgres.connect(self.settings) as conn:
-            await backfill_runs.configure_session(conn, self.settings.database_statement_timeout_ms)
+        async with self._connect() as conn:
+            await backfill_runs.configure_session(conn, self._statement_timeout_ms)
             if not await backfill_runs.try_lock(conn):
                 pid = await backfill_runs.lock_holder(conn)
                 holder = f" (PostgreSQL backend pid {pid})" if pid else ""
@@ -239,7 +251,7 @@ class Backfill:
             "database.backfill_batch",
             on=is_lost_race,
             attempts=10,
-            wait_max=self.settings.retry_max_wait_s,
+            wait_max=self._retry_max_wait_s,
         ):
             with attempt:
                 began = time.perf_counter()
@@ -287,11 +299,8 @@ class Backfill:
         )
 
 
-async def run_backfill(
-    settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
-) -> Summary:
+async def run_until_signalled(backfill: Backfill) -> Summary:
     """Runs a backfill to its end; SIGTERM/SIGINT stop it after the current batch (exit 0)."""
-    backfill = Backfill(settings, request, reporter)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, backfill.request_stop)

@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from cleanup_worker.adapters.membership_file import LoadedFile
-from cleanup_worker.adapters.postgres.backfill_runs import Assessment
+from cleanup_worker.domain.rules import Assessment
 from cleanup_worker.errors import BackfillError
 
 DEFAULT_BATCH_SIZE = 2_000

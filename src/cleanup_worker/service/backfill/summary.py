@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
-from cleanup_worker.adapters.postgres.backfill_runs import Assessment
-from cleanup_worker.domain.rules import OrphanReason
+from cleanup_worker.domain.rules import Assessment, OrphanReason
+from cleanup_worker.errors import SafetyValveError
 from cleanup_worker.service.backfill.options import RunOptions
 
 TOP = 10  # accounts and keys listed in the summary
@@ -103,6 +103,15 @@ def _by_reason(counts: Mapping[OrphanReason, int]) -> dict[str, int]:
     result = {reason.value: counts.get(reason, 0) for reason in OrphanReason}
     result["total"] = sum(counts.values())
     return result
+
+
+class BackfillRefused(SafetyValveError):
+    """A safety valve refused the backfill before its first write; carries the run's summary
+    for the command to print (exit 3, as every SafetyValveError)."""
+
+    def __init__(self, message: str, summary: Summary) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class Reporter(Protocol):

@@ -30,16 +30,16 @@ log = get_logger(__name__)
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets the in-flight batches finish and commit before their partitions move (bounded)."""
 
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
+    def __init__(self, consumer_loop: ConsumerLoop) -> None:
+        self._loop = consumer_loop
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._worker.drain_in_flight()
-        self._worker.health.partitions_revoked()
+        await self._loop.drain_in_flight()
+        self._loop.health.partitions_revoked()
         log.info("kafka.partitions.revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._worker.health.partitions_assigned(len(self._worker.consumer.assignment()))
+        self._loop.health.partitions_assigned(len(self._loop.consumer.assignment()))
         log.info("kafka.partitions.assigned", partitions=len(assigned))
 
 
@@ -51,7 +51,7 @@ class _InFlight:
     started: float
 
 
-class Worker:
+class ConsumerLoop:
     """Consumes until asked to stop, then drains: finish the batches, commit, leave the group.
 
     Up to `max_in_flight` batch transactions run at once (each on its own connection), so

@@ -1,4 +1,5 @@
-"""The late-key sweep: keys that slip past a removal are revoked within seconds (DESIGN §2).
+"""The late-key sweep: keys that slip past a removal are revoked within seconds ("R1 re-check" and
+"R6 late keys", docs/design.md).
 
 Every `interval` one replica (whoever holds the shared cursor row) runs the R1 re-check
 over the live keys that became visible recently, notes R6 candidates, and revokes the R6
@@ -99,7 +100,7 @@ class LateKeySweeper:
         self._settle = timedelta(seconds=settle_s)
         self._interval_s = interval_s
         self._retry_max_wait_s = retry_max_wait_s
-        self._announce = announce  # notices to the outbox (DESIGN §4b)
+        self._announce = announce  # notices to the outbox (docs/design.md)
         self._on_revoked = on_revoked  # their notices wait in the outbox: wake the relay
         self._stopping = asyncio.Event()
         self._ask_group_after = 0.0  # time.monotonic() before which R6 does not ask again

@@ -13,7 +13,7 @@ from typing import Protocol
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability.health import Health
 from cleanup_worker.observability.http import HealthServer
-from cleanup_worker.service.run.consumer import Worker
+from cleanup_worker.service.run.consumer import ConsumerLoop
 
 log = get_logger(__name__)
 
@@ -21,7 +21,8 @@ Ping = Callable[[], Awaitable[bool]]
 
 
 class Companion(Protocol):
-    """A loop that runs beside the consumer for as long as it runs (the notice relay)."""
+    """A loop that runs beside the consumer for as long as it runs: the late-key sweep, and
+    the notice relay when notices are on."""
 
     async def run(self) -> None: ...
 
@@ -29,27 +30,27 @@ class Companion(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Consuming:
-    """What the composition root hands the process: the worker, how to ask the database, and
-    the loops that run beside the worker."""
+class ConsumerParts:
+    """What the composition root hands the process: the consumer loop, how to ask the
+    database, and the loops that run beside the consumer (companions)."""
 
-    worker: Worker
+    consumer_loop: ConsumerLoop
     ping_database: Ping
     companions: tuple[Companion, ...] = ()
 
 
 # Builds (and connects) the consumer, registering what must be closed on `stack`; it may wait
 # for the services for as long as they are down.
-Wire = Callable[[Health, AsyncExitStack], Awaitable[Consuming]]
+BuildConsumer = Callable[[Health, AsyncExitStack], Awaitable[ConsumerParts]]
 
 
-class WorkerProcess:
-    """`cleanup-worker run`: serve the probes, wire and start the consumer, run it until asked
+class RunProcess:
+    """`cleanup-worker run`: serve the probes, build and start the consumer, run it until asked
     to stop, then drain within `shutdown_grace_s` and close everything in reverse order."""
 
     def __init__(
         self,
-        wire: Wire,
+        build: BuildConsumer,
         health: Health,
         *,
         http_host: str,
@@ -57,10 +58,10 @@ class WorkerProcess:
         shutdown_grace_s: float,
     ) -> None:
         self.health = health
-        self.worker: Worker | None = None
+        self.consumer_loop: ConsumerLoop | None = None
         self.http: HealthServer | None = None
         self.started = asyncio.Event()
-        self._wire = wire
+        self._build = build
         self._http_host = http_host
         self._http_port = http_port
         self._shutdown_grace_s = shutdown_grace_s
@@ -70,25 +71,25 @@ class WorkerProcess:
 
     def request_stop(self) -> None:
         self._stop.set()
-        if self.worker is not None:
-            self.worker.request_stop()
+        if self.consumer_loop is not None:
+            self.consumer_loop.request_stop()
 
     async def _consume(self, stack: AsyncExitStack) -> None:
-        consuming = await self._wire(self.health, stack)
-        self._ping_database = consuming.ping_database
-        self.worker = consuming.worker
-        stack.push_async_callback(self.worker.stop, 5.0)
-        await self.worker.start()
-        companions = [asyncio.create_task(c.run()) for c in consuming.companions]
+        parts = await self._build(self.health, stack)
+        self._ping_database = parts.ping_database
+        self.consumer_loop = parts.consumer_loop
+        stack.push_async_callback(self.consumer_loop.stop, 5.0)
+        await self.consumer_loop.start()
+        companions = [asyncio.create_task(c.run()) for c in parts.companions]
         for task in companions:
             task.add_done_callback(self._companion_done)
         self.started.set()
         if self._stop.is_set():
-            self.worker.request_stop()
+            self.consumer_loop.request_stop()
         try:
-            await self.worker.run()
+            await self.consumer_loop.run()
         finally:
-            await _stop_companions(consuming.companions, companions)
+            await _stop_companions(parts.companions, companions)
         if self._companion_failure is not None:
             raise self._companion_failure
 
@@ -115,7 +116,7 @@ class WorkerProcess:
                 stopping.cancel()
                 consuming.result()  # a crash propagates: offsets not committed are redelivered
                 return
-            if self.worker is None:
+            if self.consumer_loop is None:
                 # Still starting (e.g. waiting for the database): nothing to drain.
                 consuming.cancel()
                 with suppress(asyncio.CancelledError):
@@ -133,7 +134,7 @@ class WorkerProcess:
                     await consuming
 
     async def _ping_broker(self) -> bool:
-        return self.worker is not None and await self.worker.ping_broker()
+        return self.consumer_loop is not None and await self.consumer_loop.ping_broker()
 
     async def _ping(self) -> bool:
         return self._ping_database is not None and await self._ping_database()
@@ -154,7 +155,7 @@ async def _stop_companions(
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def run_until_signalled(process: WorkerProcess) -> None:
+async def run_until_signalled(process: RunProcess) -> None:
     """Serves until SIGTERM/SIGINT, then drains and returns (exit code 0)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,5 @@
-"""The notice relay (DESIGN §4b): publishes the outbox's revocation notices and deletes each
-row only once the broker acknowledged its notice.
+"""The notice relay ("The outbox", docs/design.md): publishes the outbox's revocation notices and
+deletes each row only once the broker acknowledged its notice.
 
 A batch of rows is claimed (FOR UPDATE SKIP LOCKED, so replicas share the outbox), published
 with the idempotent producer, and deleted, in one transaction: a crash or an outage anywhere
