@@ -9,17 +9,25 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
 from tests.services import Services
-from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for
+from tests.support.database import (
+    ledger_size,
+    lock_waiters,
+    revoked_keys,
+    seed_key,
+    seed_keys_for,
+    until_lock_waiters,
+)
 from tests.support.events import at, event
 from tests.support.kafka import committed_offsets, end_offsets, publisher
 from tests.support.metrics import scrape
 from tests.support.outages import restart_dev_service
 from tests.support.processes import http_get, running_worker, spawn_worker
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until_logged
 
 STREAM = 3000
 
@@ -44,6 +52,10 @@ async def _assert_committed_offsets_were_applied(db: Any, committed: dict[int, i
             offset,
         )
         assert applied == offset, f"partition {partition}: {applied} of {offset} applied"
+
+
+async def _applied_some(db: Any) -> bool:
+    return await ledger_size(db) > 0
 
 
 async def _all_revoked(db: Any, count: int) -> bool:
@@ -131,7 +143,11 @@ async def test_postgres_restart_mid_stream_loses_nothing(
 
         await eventually(ready)
         publishing = asyncio.create_task(_publish(settings, events))
-        await asyncio.sleep(0.5)
+        db = await asyncpg.connect(database_url)
+        try:
+            await eventually(lambda: _applied_some(db), timeout=60, interval=0.05)
+        finally:
+            await db.close()
         restart = asyncio.create_task(restart_dev_service("postgres", pause_s=3))
 
         async def not_ready() -> bool:
@@ -213,37 +229,43 @@ async def test_livez_fails_when_the_poll_loop_is_wedged(settings: Settings) -> N
             return {}
 
         process.worker.consumer.getmany = hang  # type: ignore[method-assign]  # the hang itself
-        await asyncio.sleep(1.0)
-        assert await _http_status(process.http.port, "/livez") == 503
+        port = process.http.port
+
+        async def dead() -> bool:
+            return await _http_status(port, "/livez") == 503
+
+        await eventually(dead, timeout=10)
         release.set()
 
 
 async def test_metrics_parse_and_move_with_traffic(settings: Settings, db: Any) -> None:
     """/metrics parses as Prometheus text and its counters move when events are applied."""
     await seed_key(db, "acct", "alice", at(0))
+    applied_labels = {"outcome": "applied", "type": "account.member.removed"}
+    revoked = {"reason": "member_removed"}
+    moved = [
+        ("cleanup_events_total", applied_labels),
+        ("cleanup_keys_revoked_total", revoked),
+        ("cleanup_revocation_lag_seconds_count", {}),
+    ]
     async with running_worker(settings) as process, publisher(settings) as pub:
         assert process.http is not None
         assert process.http.port is not None
-        before = await scrape(process.http.port)
+        port = process.http.port
+        before = await scrape(port)
         await pub.events([event("removed", "acct", "alice", at(5))])
 
-        async def applied() -> bool:
-            return await ledger_size(db) == 1
+        async def counted() -> bool:
+            now = await scrape(port)
+            return all(
+                now.value(name, labels) > before.value(name, labels) for name, labels in moved
+            )
 
-        await eventually(applied)
-        await asyncio.sleep(0.2)
-        after = await scrape(process.http.port)
-    applied_labels = {"outcome": "applied", "type": "account.member.removed"}
-    revoked = {"reason": "member_removed"}
-    assert after.value("cleanup_events_total", applied_labels) == (
-        before.value("cleanup_events_total", applied_labels) + 1
-    )
-    assert after.value("cleanup_keys_revoked_total", revoked) == (
-        before.value("cleanup_keys_revoked_total", revoked) + 1
-    )
-    assert after.value("cleanup_revocation_lag_seconds_count") == (
-        before.value("cleanup_revocation_lag_seconds_count") + 1
-    )
+        await eventually(counted)
+        after = await scrape(port)
+    for name, labels in moved:
+        assert after.value(name, labels) == before.value(name, labels) + 1, name
+    assert await ledger_size(db) == 1
     assert await revoked_keys(db)
 
 
@@ -264,14 +286,18 @@ async def test_rebalance_during_a_stuck_batch_neither_cancels_it_nor_crashes(
         await blocker.execute("SELECT 1 FROM member_locks WHERE iam_id = 'user-0' FOR UPDATE")
         async with running_worker(quick_drain):
             await _publish(quick_drain, events)
-            await asyncio.sleep(2)  # the batch holding user-0 is now waiting on the lock
-            async with running_worker(quick_drain):
-                await asyncio.sleep(4)  # the rebalance, and the first replica's drain timeout
-                await holding.rollback()
+            blocked = await until_lock_waiters(db, "member_locks")
+            with capture_logs() as logs:
+                async with running_worker(quick_drain):
+                    timeout = await until_logged(logs, "kafka.rebalance.drain_timeout")
+                    assert timeout["seconds"] == quick_drain.rebalance_drain_s
+                    still = blocked & await lock_waiters(db, "member_locks")
+                    assert still, "the drain cancelled the batch waiting on the lock"
+                    await holding.rollback()
 
-                async def finished() -> bool:
-                    return await _all_revoked(db, len(events))
+                    async def finished() -> bool:
+                        return await _all_revoked(db, len(events))
 
-                await eventually(finished, timeout=90)
+                    await eventually(finished, timeout=90)
     finally:
         await blocker.close()

@@ -10,6 +10,7 @@ from typing import Any
 from cleanup_worker.domain.events import Member, MembershipEvent
 from cleanup_worker.domain.rules import Membership, State
 from tests.support.events import T0
+from tests.support.waiting import eventually
 
 
 async def seed_key(
@@ -81,3 +82,26 @@ async def seed_keys_for(db: Any, events: Sequence[MembershipEvent]) -> None:
         "VALUES (gen_random_uuid(), $1, $2, 'h', $3)",
         [(e.account_id, e.iam_id, T0) for e in events],
     )
+
+
+async def lock_waiters(db: Any, table: str) -> set[int]:
+    """The backends of this database waiting for a lock in a statement that names `table`."""
+    rows = await db.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() "
+        "AND strpos(query, $1) > 0",
+        table,
+    )
+    return {row["pid"] for row in rows}
+
+
+async def until_lock_waiters(db: Any, table: str, *, timeout: float = 60.0) -> set[int]:
+    """Waits until some backend is blocked on a lock naming `table`; returns them."""
+    waiters: set[int] = set()
+
+    async def blocked() -> bool:
+        waiters.update(await lock_waiters(db, table))
+        return bool(waiters)
+
+    await eventually(blocked, timeout=timeout)
+    return waiters
