@@ -37,7 +37,7 @@ from bench.consumer import (
     seed_keys,
     worker_env,
 )
-from bench.services import scratch_database, service_env
+from testkit.services import scratch_database, service_env
 
 LAG = "cleanup_revocation_lag_seconds"
 

@@ -28,10 +28,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.services import scratch_database, service_env
 from cleanup_worker.adapters.cloudevents.binding import parse_record
 from cleanup_worker.domain.events import Change, EventTypes, MembershipEvent
-from tests.support.processes import free_port
+from testkit.processes import free_port
+from testkit.services import scratch_database, service_env
 
 T_KEYS = datetime(2026, 1, 1, tzinfo=UTC)
 T_REMOVED = T_KEYS + timedelta(days=1)

@@ -44,7 +44,7 @@ from bench.consumer import (
     wait_for_applied,
     worker_env,
 )
-from bench.services import scratch_database, service_env
+from testkit.services import scratch_database, service_env
 
 OFF = {"CLEANUP_LATE_KEYS": "off", "CLEANUP_LATE_KEY_SWEEP_INTERVAL_S": "60"}
 

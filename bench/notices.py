@@ -38,7 +38,7 @@ from bench.consumer import (
     wait_for_applied,
     worker_env,
 )
-from bench.services import scratch_database, service_env
+from testkit.services import scratch_database, service_env
 
 
 async def histogram(port: int, name: str) -> dict[float, float]:

@@ -5,7 +5,7 @@ back are the removals that arrived meanwhile applied?
         [--services postgres,kafka] [--policies before,after]
 
 `cleanup-worker run` (a real process, default settings) reaches both services through
-Toxiproxy (tests/support/toxiproxy.py); the benchmark publishes removals straight to the
+Toxiproxy (testkit/toxiproxy.py); the benchmark publishes removals straight to the
 broker at a steady rate, and for each service and duration disables the worker's proxy to it
 (connections closed, new ones refused: the service is gone as far as the worker can tell),
 enables it again, and reports, for the removals whose event time fell inside the outage, the
@@ -41,9 +41,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.services import ROOT, scratch_database, service_env
-from tests.support.processes import free_port
-from tests.support.toxiproxy import (
+from testkit.processes import free_port
+from testkit.services import ROOT, scratch_database, service_env
+from testkit.toxiproxy import (
     Link,
     database_address,
     kafka_proxy_addresses,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.database import rewrite_revocations
-from tests.support.waiting import eventually
+from testkit.database import rewrite_revocations
+from testkit.waiting import eventually
 
 KEYS_PER_USER = 5
 

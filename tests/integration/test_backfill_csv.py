@@ -16,8 +16,8 @@ from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Summary
 from cleanup_worker.settings import Settings
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at
+from testkit.database import revoked_keys, seed_key
+from testkit.events import at
 
 HEADER = b"account_id,iam_id,member_since\n"
 

@@ -18,8 +18,8 @@ from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Summary
 from cleanup_worker.settings import Settings
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at
+from testkit.database import revoked_keys, seed_key
+from testkit.events import at
 
 EVERYTHING = 1.0  # --max-fraction for small data sets where most keys are orphaned
 

@@ -15,12 +15,12 @@ from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.adapters.postgres.connections import SESSION_LIMITS, connect, create_pool
 from cleanup_worker.adapters.postgres.sqlstate import is_transient, is_unreachable
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
-from tests.support.metrics import sample, scrape
-from tests.support.processes import free_port, running_worker, spawn_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import committed_offsets, end_offsets, publisher, read_topic
+from testkit.metrics import sample, scrape
+from testkit.processes import free_port, running_worker, spawn_worker
+from testkit.waiting import eventually
 
 # Revoking a key of the member "slow" takes a second: longer than the statement timeout.
 _SLOW_MEMBER = """

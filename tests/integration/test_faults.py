@@ -23,13 +23,13 @@ from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.run.process import WorkerProcess
 from cleanup_worker.settings import Settings
-from tests.services import ROOT, Services
-from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for
-from tests.support.events import at, event
-from tests.support.kafka import all_committed, committed_offsets, publisher, read_topic
-from tests.support.metrics import sample_total
-from tests.support.processes import http_get, running_worker
-from tests.support.toxiproxy import (
+from testkit.database import ledger_size, revoked_keys, seed_key, seed_keys_for
+from testkit.events import at, event
+from testkit.kafka import all_committed, committed_offsets, publisher, read_topic
+from testkit.metrics import sample_total
+from testkit.processes import http_get, running_worker
+from testkit.services import ROOT, Services
+from testkit.toxiproxy import (
     HOW_TO_PROXIED,
     Link,
     Toxiproxy,
@@ -39,7 +39,7 @@ from tests.support.toxiproxy import (
     through,
     toxiproxy_process,
 )
-from tests.support.waiting import eventually
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,12 +19,12 @@ from cleanup_worker.service.run.late_keys import (
     RULE_RECHECK,
 )
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys
-from tests.support.events import event
-from tests.support.kafka import create_topic, publisher, read_topic
-from tests.support.metrics import sample
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually, until_database_clock, until_grown
+from testkit.database import ledger_size, revoked_keys
+from testkit.events import event
+from testkit.kafka import create_topic, publisher, read_topic
+from testkit.metrics import sample
+from testkit.processes import running_worker
+from testkit.waiting import eventually, until_database_clock, until_grown
 
 SETTLE_S = 1.0
 

@@ -13,8 +13,7 @@ from structlog.testing import capture_logs
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.services import Services
-from tests.support.database import (
+from testkit.database import (
     ledger_size,
     lock_waiters,
     revoked_keys,
@@ -22,12 +21,13 @@ from tests.support.database import (
     seed_keys_for,
     until_lock_waiters,
 )
-from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher
-from tests.support.metrics import scrape
-from tests.support.outages import restart_dev_service
-from tests.support.processes import http_get, running_worker, spawn_worker
-from tests.support.waiting import eventually, until_logged
+from testkit.events import at, event
+from testkit.kafka import committed_offsets, end_offsets, publisher
+from testkit.metrics import scrape
+from testkit.outages import restart_dev_service
+from testkit.processes import http_get, running_worker, spawn_worker
+from testkit.services import Services
+from testkit.waiting import eventually, until_logged
 
 STREAM = 3000
 

@@ -11,8 +11,7 @@ import pytest
 
 from cleanup_worker.adapters.postgres.migrator import available_migrations, migrate
 from cleanup_worker.errors import MigrationError
-from tests.conftest import with_database
-from tests.services import Services
+from testkit.services import Services, with_database
 
 
 @pytest.fixture

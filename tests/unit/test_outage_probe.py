@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from structlog.testing import capture_logs
 
 from cleanup_worker.retries import Reachability, install_retry_hooks, retrying
-from tests.support.metrics import sample
-from tests.support.waiting import eventually
+from testkit.metrics import sample
+from testkit.waiting import eventually
 
 
 class Service:

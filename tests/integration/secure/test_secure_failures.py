@@ -16,6 +16,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
 from cleanup_worker.settings import Settings
+from testkit.database import ledger_size, seed_key
+from testkit.events import at, event
+from testkit.kafka import committed_offsets, end_offsets, publisher
+from testkit.processes import free_port, spawn_worker
+from testkit.waiting import eventually
 from tests.integration.secure.conftest import (
     NOGRANT,
     SECURE,
@@ -26,11 +31,6 @@ from tests.integration.secure.conftest import (
     over_scram,
 )
 from tests.integration.secure.test_secure_worker import ready
-from tests.support.database import ledger_size, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher
-from tests.support.processes import free_port, spawn_worker
-from tests.support.waiting import eventually
 
 Case = Callable[[SecureServices, Settings], Settings]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from cleanup_worker.domain.events import Member, MembershipEvent
 from cleanup_worker.domain.rules import Membership, State
-from tests.support.events import T0
-from tests.support.waiting import eventually
+from testkit.events import T0
+from testkit.waiting import eventually
 
 
 async def seed_key(

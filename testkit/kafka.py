@@ -14,7 +14,7 @@ from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotA
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.support.events import binary, structured
+from testkit.events import binary, structured
 
 
 @dataclass
