@@ -33,10 +33,10 @@ from bench.consumer import (
     percentile,
     print_targets,
     removal,
-    scrape,
     seed_keys,
     worker_env,
 )
+from testkit.metrics import scrape
 from testkit.services import scratch_database, service_env
 
 LAG = "cleanup_revocation_lag_seconds"
@@ -46,12 +46,8 @@ async def lag_buckets(ports: list[int]) -> dict[float, float]:
     """The replicas' lag histograms, added up."""
     total: dict[float, float] = {}
     for port in ports:
-        for family in await scrape(port):
-            if family.name == LAG:
-                for sample in family.samples:
-                    if sample.name.endswith("_bucket"):
-                        bound = float(sample.labels["le"])
-                        total[bound] = total.get(bound, 0.0) + sample.value
+        for bound, count in (await scrape(port)).buckets(LAG).items():
+            total[bound] = total.get(bound, 0.0) + count
     return total
 
 

@@ -36,9 +36,28 @@ async def revoked_keys(db: Any) -> dict[uuid.UUID, tuple[str, str]]:
     return {row["id"]: (row["revocation_reason"], row["revoked_by"]) for row in rows}
 
 
+async def key_table(db: Any) -> list[tuple[Any, ...]]:
+    """Every column of every key, in id order: to show that something changed none."""
+    rows = await db.fetch("SELECT * FROM api_keys ORDER BY id")
+    return [tuple(row.values()) for row in rows]
+
+
 async def ledger_size(db: Any) -> int:
     count: int = await db.fetchval("SELECT count(*) FROM membership_events")
     return count
+
+
+async def assert_no_offset_ahead_of_ledger(db: Any, committed: dict[int, int]) -> None:
+    """Every record below a partition's committed offset is in the ledger (for streams whose
+    every record is a distinct event): no offset was committed ahead of its transaction."""
+    for partition, offset in committed.items():
+        applied = await db.fetchval(
+            "SELECT count(*) FROM membership_events WHERE kafka_partition = $1 "
+            "AND kafka_offset < $2",
+            partition,
+            offset,
+        )
+        assert applied == offset, f"partition {partition}: {applied} of {offset} applied"
 
 
 async def database_state(db: Any) -> tuple[list[tuple[Any, ...]], dict[Member, Membership]]:

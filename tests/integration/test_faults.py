@@ -23,9 +23,15 @@ from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.run.process import WorkerProcess
 from cleanup_worker.settings import Settings
-from testkit.database import ledger_size, revoked_keys, seed_key, seed_keys_for
-from testkit.events import at, event
-from testkit.kafka import all_committed, committed_offsets, publisher, read_topic
+from testkit.database import (
+    assert_no_offset_ahead_of_ledger,
+    ledger_size,
+    revoked_keys,
+    seed_key,
+    seed_keys_for,
+)
+from testkit.events import at, removals
+from testkit.kafka import all_committed, committed_offsets, publish, publisher, read_topic
 from testkit.metrics import sample_total
 from testkit.processes import http_get, running_worker
 from testkit.services import ROOT, Services
@@ -106,16 +112,7 @@ def proxied(settings: Settings, links: Links) -> Settings:
 
 
 def _removals(count: int) -> list[MembershipEvent]:
-    run = uuid.uuid4().hex[:6]
-    return [event("removed", "acct", f"user-{run}-{i}", at(10)) for i in range(count)]
-
-
-async def _publish(settings: Settings, events: list[MembershipEvent], per_s: float) -> None:
-    """Publishes at a steady pace, so that faults land while records flow."""
-    async with publisher(settings) as pub:
-        for i in range(0, len(events), 10):
-            await pub.events(events[i : i + 10])
-            await asyncio.sleep(10 / per_s)
+    return removals(count, prefix=f"user-{uuid.uuid4().hex[:6]}-")
 
 
 async def _status(process: WorkerProcess, path: str) -> int:
@@ -133,19 +130,6 @@ async def _assert_ready(process: WorkerProcess) -> None:
     assert status == 200, body
 
 
-async def _offsets_not_ahead_of_ledger(settings: Settings, db: Any) -> None:
-    """Every record below a committed offset is in the ledger (each record here is a
-    distinct removal): no offset was committed before its transaction."""
-    for partition, offset in (await committed_offsets(settings)).items():
-        applied = await db.fetchval(
-            "SELECT count(*) FROM membership_events WHERE kafka_partition = $1 "
-            "AND kafka_offset < $2",
-            partition,
-            offset,
-        )
-        assert applied == offset, f"partition {partition}: {applied} of {offset} applied"
-
-
 async def _all_done(settings: Settings, db: Any, events: list[MembershipEvent]) -> None:
     """Every removal applied once, every key revoked by its own event, every offset
     committed, and none ahead of the ledger."""
@@ -157,7 +141,7 @@ async def _all_done(settings: Settings, db: Any, events: list[MembershipEvent]) 
     await eventually(finished, timeout=90)
 
     await eventually(lambda: all_committed(settings), timeout=60)
-    await _offsets_not_ahead_of_ledger(settings, db)
+    await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
     wrong = await db.fetchval(
         "SELECT count(*) FROM api_keys k JOIN membership_events e "
         "ON e.iam_id = k.iam_id AND k.revoked_by <> 'event:' || e.source || '#' || e.event_id"
@@ -194,7 +178,7 @@ async def test_latency_with_jitter(
         await _ready_again(process)
         await target.add("latency", stream="downstream", latency=100, jitter=50)
         await target.add("latency", stream="upstream", latency=100, jitter=50)
-        await _publish(settings, events, per_s=200)
+        await publish(settings, events, per_s=200)
         await _all_done(settings, db, events)
         await _assert_ready(process)
 
@@ -210,12 +194,12 @@ async def test_link_down_and_up(
     target = links.database if link == "database" else links.broker
     async with running_worker(proxied) as process:
         await _ready_again(process)
-        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
+        publishing = asyncio.create_task(publish(settings, events, per_s=100))
         await eventually(lambda: _some_applied(db), timeout=30)
         async with target.down():
             await _not_ready_but_live(process)
             await asyncio.sleep(3)
-            await _offsets_not_ahead_of_ledger(settings, db)
+            await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
             assert await _status(process, "/livez") == 200
         await publishing
         await _all_done(settings, db, events)
@@ -241,12 +225,12 @@ async def test_black_hole_mid_stream(
     target = links.database if link == "database" else links.broker
     async with running_worker(proxied) as process:
         await _ready_again(process)
-        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
+        publishing = asyncio.create_task(publish(settings, events, per_s=100))
         await eventually(lambda: _some_applied(db), timeout=30)
         async with target.stalled():
             await _not_ready_but_live(process)
             await asyncio.sleep(stall_s - 2)
-            await _offsets_not_ahead_of_ledger(settings, db)
+            await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
             assert await _status(process, "/livez") == 200
         await publishing
         await _all_done(settings, db, events)
@@ -264,7 +248,7 @@ async def test_broker_stall_longer_than_the_request_timeout(
     await seed_keys_for(db, events)
     async with running_worker(proxied) as process:
         await _ready_again(process)
-        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
+        publishing = asyncio.create_task(publish(settings, events, per_s=100))
         await eventually(lambda: _some_applied(db), timeout=30)
         async with links.broker.stalled():
             await _not_ready_but_live(process)
@@ -272,7 +256,7 @@ async def test_broker_stall_longer_than_the_request_timeout(
                 await asyncio.sleep(5)
                 assert await _status(process, "/livez") == 200
                 assert await _status(process, "/readyz") == 503
-            await _offsets_not_ahead_of_ledger(settings, db)
+            await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
         await publishing
         await _all_done(settings, db, events)
         await _ready_again(process)
@@ -332,7 +316,7 @@ async def test_bandwidth_limit_on_the_broker_link(
     async with running_worker(proxied) as process:
         await _ready_again(process)
         await links.broker.add("bandwidth", stream="downstream", rate=16)
-        await _publish(settings, events, per_s=1000)
+        await publish(settings, events, per_s=1000)
         await _all_done(settings, db, events)
         await _assert_ready(process)
 
