@@ -132,11 +132,21 @@ async def test_a_session_ended_for_idling_in_a_transaction_is_retried(
     """What the server raises when it ends a session idle in a transaction is classified as
     the connection gone: retried (after a probe), never a reason to stop."""
     raised: list[BaseException] = []
+    watcher = await asyncpg.connect(settings.database_url.get_secret_value())
     async with connect(settings) as conn:
+        pid = conn.get_server_pid()
+
+        async def ended() -> bool:
+            gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+            return bool(await watcher.fetchval(gone, pid))
+
         with contextlib.suppress(asyncpg.InterfaceError):  # the rollback finds no session
             async with conn.transaction():
                 await conn.execute("SET LOCAL idle_in_transaction_session_timeout = 100")
-                await asyncio.sleep(1)
+                try:
+                    await eventually(ended, timeout=10, interval=0.05)
+                finally:
+                    await watcher.close()
                 try:
                     await conn.fetchval("SELECT 1")
                 except Exception as exc:

@@ -45,7 +45,7 @@ from testkit.toxiproxy import (
     through,
     toxiproxy_process,
 )
-from testkit.waiting import eventually
+from testkit.waiting import eventually, until_grown
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -266,7 +266,7 @@ async def test_broker_stall_longer_than_the_request_timeout(
 async def test_backfill_goes_on_after_losing_its_connection(
     fault: str, links: Links, proxied: Settings, db: Any
 ) -> None:
-    """The backfill's connection is lost mid-run (the link down for 2 s, or reset): it
+    """The backfill's connection is lost mid-run (the link down, or reset): it
     reconnects and continues the same run from its last batch, and ends `completed` with
     every orphan revoked once, by that run."""
     run = uuid.uuid4().hex[:6]
@@ -284,12 +284,14 @@ async def test_backfill_goes_on_after_losing_its_connection(
     retried = sample_total("cleanup_retries_total", operation="database.backfill")
     backfill = asyncio.create_task(Backfill(proxied, request).run())
     await eventually(lambda: _revoked_at_least(db, 8), timeout=30, interval=0.05)
-    if fault == "down":
-        async with links.database.down():
-            await asyncio.sleep(2)
-    else:
-        async with links.database.toxic("reset_peer", stream="upstream", timeout=0):
-            await asyncio.sleep(0.5)
+    # The fault lasts until the backfill has lost its connection and is retrying.
+    fault_on = (
+        links.database.down()
+        if fault == "down"
+        else links.database.toxic("reset_peer", stream="upstream", timeout=0)
+    )
+    async with fault_on:
+        await until_grown(lambda: _retries("database.backfill"), 1, timeout=30)
     summary = await asyncio.wait_for(backfill, 90)
 
     assert summary.status == "completed"
@@ -300,6 +302,10 @@ async def test_backfill_goes_on_after_losing_its_connection(
     assert sample_total("cleanup_retries_total", operation="database.backfill") > retried
     status = await db.fetchval("SELECT status FROM backfill_runs WHERE run_id = $1", summary.run_id)
     assert status == "completed"
+
+
+def _retries(operation: str) -> float:
+    return sample_total("cleanup_retries_total", operation=operation)
 
 
 async def _revoked_at_least(db: Any, count: int) -> bool:
@@ -368,7 +374,8 @@ async def test_reset_after_commit_before_its_answer_applies_once(
         await eventually(lambda: _applied_at_least(db, len(events)), timeout=60, interval=0.02)
         await links.database.add("reset_peer", stream="downstream", timeout=0)
         first = await db.fetch("SELECT id, revoked_at, revoked_by FROM api_keys ORDER BY id")
-        await asyncio.sleep(0.5)
+        # The reset has reached the worker: its batch failed and is being retried.
+        await until_grown(lambda: _retries("database.batch"), 1, timeout=30)
         await links.api.reset()
         await _all_done(settings, db, events)
         await _ready_again(process)
