@@ -37,6 +37,7 @@ from bench.consumer import (
     worker_env,
 )
 from testkit.metrics import scrape
+from testkit.processes import until_ready
 from testkit.services import scratch_database, service_env
 
 LAG = "cleanup_revocation_lag_seconds"
@@ -53,16 +54,6 @@ async def lag_buckets(ports: list[int]) -> dict[float, float]:
 
 def delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
     return {bound: after[bound] - before.get(bound, 0.0) for bound in after}
-
-
-async def wait_started(ports: list[int]) -> None:
-    for port in ports:
-        while True:
-            try:
-                await scrape(port)
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
 
 
 async def steady(bootstrap: str, topic: str, rate: int, stop: asyncio.Event) -> int:
@@ -118,8 +109,7 @@ async def measure(args: argparse.Namespace, replicas: int) -> list[tuple[str, st
             await worker.__aenter__()
         try:
             ports = [worker.port for worker in workers]
-            await wait_started(ports)
-            await asyncio.sleep(8)  # the group formed and every replica has partitions
+            await until_ready(ports)  # the group formed and every replica has partitions
             stop = asyncio.Event()
             sending = asyncio.create_task(steady(bootstrap, topic, args.rate, stop))
             await asyncio.sleep(3)  # warm

@@ -38,6 +38,7 @@ from bench.consumer import (
     worker_env,
 )
 from testkit.metrics import scrape
+from testkit.processes import until_ready
 from testkit.services import scratch_database, service_env
 
 
@@ -70,13 +71,7 @@ async def steady(
     users = rate * secs
     await seed_keys(db, users, prefix="lag")
     async with Worker(env, os.devnull) as worker:
-        while True:  # its HTTP server answers once it has started
-            try:
-                await scrape(worker.port)
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(3)  # joined its group, and idle
+        await until_ready([worker.port])  # joined its group, and idle
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         futures = []

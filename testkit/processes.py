@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Summary
 from cleanup_worker.service.run.process import WorkerProcess
 from cleanup_worker.settings import Settings
+from testkit.waiting import eventually
 
 
 @asynccontextmanager
@@ -129,6 +130,23 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+async def until_ready(ports: Sequence[int], *, timeout: float = 120.0) -> None:
+    """Waits until every worker on `ports` answers /readyz 200 in the same round: each one
+    holds partitions (their group has formed) and its services answer."""
+
+    async def all_ready() -> bool:
+        for port in ports:
+            try:
+                status, _ = await http_get(port, "/readyz")
+            except OSError:  # not listening yet
+                return False
+            if status != 200:
+                return False
+        return True
+
+    await eventually(all_ready, timeout=timeout, interval=0.2)
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,27 +184,40 @@ async def test_latency_with_jitter(
         await _assert_ready(process)
 
 
+async def _fault_mid_stream(
+    fault: Callable[[], AbstractAsyncContextManager[None]],
+    hold_s: float,
+    settings: Settings,
+    proxied: Settings,
+    db: Any,
+) -> None:
+    """400 removals flow; once some are applied the fault is put on and held `hold_s` past the
+    moment readiness dropped (liveness and the committed offsets checked then), and lifted;
+    then everything is applied and the worker is ready again."""
+    events = _removals(400)
+    await seed_keys_for(db, events)
+    async with running_worker(proxied) as process:
+        await _ready_again(process)
+        publishing = asyncio.create_task(publish(settings, events, per_s=100))
+        await eventually(lambda: _some_applied(db), timeout=30)
+        async with fault():
+            await _not_ready_but_live(process)
+            await asyncio.sleep(hold_s)  # the fault's length, not a wait for something
+            await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
+            assert await _status(process, "/livez") == 200
+        await publishing
+        await _all_done(settings, db, events)
+        await _ready_again(process)
+
+
 @pytest.mark.parametrize("link", ["database", "broker"])
 async def test_link_down_and_up(
     link: str, links: Links, settings: Settings, proxied: Settings, db: Any
 ) -> None:
     """The link goes away for 5 s mid-stream (connections closed, new ones refused): not
     ready meanwhile but live, and everything applied once it is back."""
-    events = _removals(400)
-    await seed_keys_for(db, events)
     target = links.database if link == "database" else links.broker
-    async with running_worker(proxied) as process:
-        await _ready_again(process)
-        publishing = asyncio.create_task(publish(settings, events, per_s=100))
-        await eventually(lambda: _some_applied(db), timeout=30)
-        async with target.down():
-            await _not_ready_but_live(process)
-            await asyncio.sleep(3)
-            await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
-            assert await _status(process, "/livez") == 200
-        await publishing
-        await _all_done(settings, db, events)
-        await _ready_again(process)
+    await _fault_mid_stream(target.down, 3, settings, proxied, db)
 
 
 async def _some_applied(db: Any) -> bool:
@@ -220,21 +234,8 @@ async def test_black_hole_mid_stream(
     """Nothing gets through the link for a while (Toxiproxy's `timeout` toxic with 0: the
     connections stay open, the bytes are held) while batches and commits are in flight: not
     ready meanwhile but live, and everything applied once the link carries data again."""
-    events = _removals(400)
-    await seed_keys_for(db, events)
     target = links.database if link == "database" else links.broker
-    async with running_worker(proxied) as process:
-        await _ready_again(process)
-        publishing = asyncio.create_task(publish(settings, events, per_s=100))
-        await eventually(lambda: _some_applied(db), timeout=30)
-        async with target.stalled():
-            await _not_ready_but_live(process)
-            await asyncio.sleep(stall_s - 2)
-            await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
-            assert await _status(process, "/livez") == 200
-        await publishing
-        await _all_done(settings, db, events)
-        await _ready_again(process)
+    await _fault_mid_stream(target.stalled, stall_s - 2, settings, proxied, db)
 
 
 @pytest.mark.timeout(240)
