@@ -39,6 +39,7 @@ from bench.consumer import (
 from testkit.metrics import scrape
 from testkit.processes import until_ready
 from testkit.services import scratch_database, service_env
+from testkit.waiting import eventually
 
 LAG = "cleanup_revocation_lag_seconds"
 
@@ -119,10 +120,14 @@ async def measure(args: argparse.Namespace, replicas: int) -> list[tuple[str, st
             began = time.perf_counter()
             summary = await backfill(url)
             took = time.perf_counter() - began
-            await asyncio.sleep(1)  # the removals sent during the backfill commit
-            during_end = await lag_buckets(ports)
             stop.set()
-            await sending
+            sent = await sending
+
+            async def all_committed() -> bool:  # every removal sent has had its lag observed
+                return (await lag_buckets(ports)).get(float("inf"), 0.0) >= sent
+
+            await eventually(all_committed, timeout=60, interval=0.2)
+            during_end = await lag_buckets(ports)
         finally:
             for worker in workers:
                 await worker.__aexit__()
