@@ -47,8 +47,8 @@ tools:
 	scripts/tools install
 
 check: install
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests testkit bench examples
+	$(BIN)/ruff format --check src tests testkit bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

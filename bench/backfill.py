@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from bench.services import scratch_database, service_env
+from testkit.services import scratch_database, service_env
 
 KEYS_PER_USER = 5
 RATE_TARGET = 0.5

@@ -33,11 +33,13 @@ from bench.consumer import (
     percentile,
     print_targets,
     removal,
-    scrape,
     seed_keys,
     worker_env,
 )
-from bench.services import scratch_database, service_env
+from testkit.metrics import scrape
+from testkit.processes import until_ready
+from testkit.services import scratch_database, service_env
+from testkit.waiting import eventually
 
 LAG = "cleanup_revocation_lag_seconds"
 
@@ -46,27 +48,13 @@ async def lag_buckets(ports: list[int]) -> dict[float, float]:
     """The replicas' lag histograms, added up."""
     total: dict[float, float] = {}
     for port in ports:
-        for family in await scrape(port):
-            if family.name == LAG:
-                for sample in family.samples:
-                    if sample.name.endswith("_bucket"):
-                        bound = float(sample.labels["le"])
-                        total[bound] = total.get(bound, 0.0) + sample.value
+        for bound, count in (await scrape(port)).buckets(LAG).items():
+            total[bound] = total.get(bound, 0.0) + count
     return total
 
 
 def delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
     return {bound: after[bound] - before.get(bound, 0.0) for bound in after}
-
-
-async def wait_started(ports: list[int]) -> None:
-    for port in ports:
-        while True:
-            try:
-                await scrape(port)
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
 
 
 async def steady(bootstrap: str, topic: str, rate: int, stop: asyncio.Event) -> int:
@@ -122,8 +110,7 @@ async def measure(args: argparse.Namespace, replicas: int) -> list[tuple[str, st
             await worker.__aenter__()
         try:
             ports = [worker.port for worker in workers]
-            await wait_started(ports)
-            await asyncio.sleep(8)  # the group formed and every replica has partitions
+            await until_ready(ports)  # the group formed and every replica has partitions
             stop = asyncio.Event()
             sending = asyncio.create_task(steady(bootstrap, topic, args.rate, stop))
             await asyncio.sleep(3)  # warm
@@ -133,10 +120,14 @@ async def measure(args: argparse.Namespace, replicas: int) -> list[tuple[str, st
             began = time.perf_counter()
             summary = await backfill(url)
             took = time.perf_counter() - began
-            await asyncio.sleep(1)  # the removals sent during the backfill commit
-            during_end = await lag_buckets(ports)
             stop.set()
-            await sending
+            sent = await sending
+
+            async def all_committed() -> bool:  # every removal sent has had its lag observed
+                return (await lag_buckets(ports)).get(float("inf"), 0.0) >= sent
+
+            await eventually(all_committed, timeout=60, interval=0.2)
+            during_end = await lag_buckets(ports)
         finally:
             for worker in workers:
                 await worker.__aexit__()

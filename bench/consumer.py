@@ -26,12 +26,15 @@ import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from bench.services import scratch_database, service_env
 from cleanup_worker.adapters.cloudevents.binding import parse_record
 from cleanup_worker.domain.events import Change, EventTypes, MembershipEvent
-from tests.support.processes import free_port
+from cleanup_worker.settings import Settings
+from testkit import processes
+from testkit.metrics import scrape
+from testkit.processes import free_port
+from testkit.services import scratch_database, service_env
 
 T_KEYS = datetime(2026, 1, 1, tzinfo=UTC)
 T_REMOVED = T_KEYS + timedelta(days=1)
@@ -164,36 +167,13 @@ def busy_seconds(times: Any) -> float:
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
-async def scrape(port: int) -> list[Any]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-    await writer.drain()
-    body = (await reader.read()).decode().split("\r\n\r\n", 1)[1]
-    writer.close()
-    return list(text_string_to_metric_families(body))
-
-
 async def scrape_lag_buckets(port: int) -> dict[float, float]:
-    buckets: dict[float, float] = {}
-    for family in await scrape(port):
-        if family.name == "cleanup_revocation_lag_seconds":
-            for sample in family.samples:
-                if sample.name.endswith("_bucket"):
-                    buckets[float(sample.labels["le"])] = sample.value
-    return buckets
+    return (await scrape(port)).buckets("cleanup_revocation_lag_seconds")
 
 
 async def applied_events(port: int) -> int:
     """The worker's own count (a scrape costs the database nothing, unlike count(*))."""
-    total = 0.0
-    for family in await scrape(port):
-        if family.name == "cleanup_events":
-            total += sum(
-                s.value
-                for s in family.samples
-                if s.name == "cleanup_events_total" and s.labels["outcome"] == "applied"
-            )
-    return int(total)
+    return int((await scrape(port)).total("cleanup_events_total", outcome="applied"))
 
 
 def percentile(buckets: dict[float, float], q: float) -> float:
@@ -216,20 +196,18 @@ def percentile(buckets: dict[float, float], q: float) -> float:
 def worker_env(
     bootstrap: str, db_url: str, topic: str, group: str, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of a benchmarked `cleanup-worker run` (its DLQ is `<topic>.dlq`)."""
-    return {
-        "PATH": "/usr/bin:/bin",
-        "CLEANUP_DATABASE_URL": db_url,
-        "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CLEANUP_KAFKA_TOPICS": topic,
-        "CLEANUP_DLQ_TOPIC": f"{topic}.dlq",
-        "CLEANUP_KAFKA_GROUP_ID": group,
-        "CLEANUP_HTTP_PORT": str(free_port()),
-        "CLEANUP_HTTP_HOST": "127.0.0.1",
-        "CLEANUP_LOG_FORMAT": "json",
-        "CLEANUP_LOG_LEVEL": "warning",
-        **(extra or {}),
-    }
+    """The environment of a benchmarked `cleanup-worker run` (its DLQ is `<topic>.dlq`):
+    the settings' defaults but for these, warnings only in its log, and `extra`."""
+    settings = Settings(
+        database_url=SecretStr(db_url),
+        kafka_bootstrap_servers=bootstrap,
+        kafka_topics=[topic],
+        dlq_topic=f"{topic}.dlq",
+        kafka_group_id=group,
+    )
+    return processes.worker_env(
+        settings, CLEANUP_HTTP_PORT=str(free_port()), CLEANUP_LOG_LEVEL="warning", **(extra or {})
+    )
 
 
 class Worker:

@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -39,13 +38,14 @@ from bench.consumer import (
     publish,
     removal,
     reset,
-    scrape,
     seed_keys,
     set_based_update,
     wait_for_applied,
     worker_env,
 )
-from bench.services import scratch_database, service_env
+from testkit.metrics import scrape
+from testkit.processes import until_ready
+from testkit.services import scratch_database, service_env
 
 
 @dataclass
@@ -140,12 +140,8 @@ def cost_between(name: str, events: int, seconds: float, before: Snapshot, after
 
 
 async def batches(port: int) -> int:
-    for family in await scrape(port):
-        if family.name == "cleanup_batch_duration_seconds":
-            for sample in family.samples:
-                if sample.name.endswith("_count"):
-                    return int(sample.value)
-    return 0
+    """Batches the worker has applied (its batch-duration histogram's count)."""
+    return int((await scrape(port)).value("cleanup_batch_duration_seconds_count"))
 
 
 def print_costs(update: Cost, worker: Cost, worker_batches: int) -> None:
@@ -267,7 +263,7 @@ async def main(args: argparse.Namespace) -> None:
         async with Worker(wenv, args.worker_log) as worker:
             process = psutil.Process(worker.process.pid)
             # Counted from a ready worker on an empty topic: start-up is not a removal's cost.
-            await wait_ready(worker.port)
+            await until_ready([worker.port])
             before = await snapshot(db, database, process)
             batches_before = await batches(worker.port)
             profiler = start_profiler(process.pid, args.profile) if args.profile else None
@@ -285,24 +281,6 @@ async def main(args: argparse.Namespace) -> None:
     print_costs(update, worker_cost, worker_batches)
     if args.profile:
         print_profile(args.profile)
-
-
-async def wait_ready(port: int, timeout: float = 60) -> None:
-    """Until the worker's /readyz says 200 (partitions assigned, database reachable)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /readyz HTTP/1.0\r\nHost: bench\r\n\r\n")
-            await writer.drain()
-            status = (await reader.read()).split(b" ", 2)[1]
-            writer.close()
-            if status == b"200":
-                return
-        except (OSError, IndexError):
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"the worker was not ready within {timeout:.0f} s")
 
 
 if __name__ == "__main__":

@@ -39,12 +39,12 @@ from bench.consumer import (
     print_targets,
     publish,
     removal,
-    scrape,
     seed_keys,
     wait_for_applied,
     worker_env,
 )
-from bench.services import scratch_database, service_env
+from testkit.metrics import scrape
+from testkit.services import scratch_database, service_env
 
 OFF = {"CLEANUP_LATE_KEYS": "off", "CLEANUP_LATE_KEY_SWEEP_INTERVAL_S": "60"}
 
@@ -66,11 +66,10 @@ async def new_topic(bootstrap: str) -> str:
 async def metric_values(port: int, family_name: str) -> dict[str, float]:
     """Sample name (with its labels) -> value, for one family of the worker's /metrics."""
     values = {}
-    for family in await scrape(port):
-        if family.name == family_name:
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                values[f"{sample.name}{{{labels}}}"] = sample.value
+    for (name, labels), value in (await scrape(port)).samples.items():
+        if name == family_name or name.startswith(f"{family_name}_"):
+            text = ",".join(f"{k}={v}" for k, v in sorted(labels))
+            values[f"{name}{{{text}}}"] = value
     return values
 
 

@@ -33,30 +33,22 @@ from bench.consumer import (
     publish,
     removal,
     reset,
-    scrape,
     seed_keys,
     wait_for_applied,
     worker_env,
 )
-from bench.services import scratch_database, service_env
+from testkit.metrics import scrape
+from testkit.processes import until_ready
+from testkit.services import scratch_database, service_env
 
 
 async def histogram(port: int, name: str) -> dict[float, float]:
     """The cumulative buckets of one of the worker's histograms."""
-    buckets: dict[float, float] = {}
-    for family in await scrape(port):
-        if family.name == name:
-            for sample in family.samples:
-                if sample.name.endswith("_bucket"):
-                    buckets[float(sample.labels["le"])] = sample.value
-    return buckets
+    return (await scrape(port)).buckets(name)
 
 
 async def published_notices(port: int) -> int:
-    for family in await scrape(port):
-        if family.name == "cleanup_notices_published":
-            return int(sum(s.value for s in family.samples if s.name.endswith("_total")))
-    return 0
+    return int((await scrape(port)).total("cleanup_notices_published_total"))
 
 
 async def consume(env: dict[str, str], n: int, *, notices: bool) -> tuple[float, float | None]:
@@ -79,13 +71,7 @@ async def steady(
     users = rate * secs
     await seed_keys(db, users, prefix="lag")
     async with Worker(env, os.devnull) as worker:
-        while True:  # its HTTP server answers once it has started
-            try:
-                await scrape(worker.port)
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(3)  # joined its group, and idle
+        await until_ready([worker.port])  # joined its group, and idle
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         futures = []

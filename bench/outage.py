@@ -5,7 +5,7 @@ back are the removals that arrived meanwhile applied?
         [--services postgres,kafka] [--policies before,after]
 
 `cleanup-worker run` (a real process, default settings) reaches both services through
-Toxiproxy (tests/support/toxiproxy.py); the benchmark publishes removals straight to the
+Toxiproxy (testkit/toxiproxy.py); the benchmark publishes removals straight to the
 broker at a steady rate, and for each service and duration disables the worker's proxy to it
 (connections closed, new ones refused: the service is gone as far as the worker can tell),
 enables it again, and reports, for the removals whose event time fell inside the outage, the
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import statistics
 import sys
@@ -39,11 +38,13 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from bench.services import ROOT, scratch_database, service_env
-from tests.support.processes import free_port
-from tests.support.toxiproxy import (
+from cleanup_worker.settings import Settings
+from testkit.metrics import Scrape, scrape
+from testkit.processes import free_port, worker_env
+from testkit.services import ROOT, scratch_database, service_env
+from testkit.toxiproxy import (
     Link,
     database_address,
     kafka_proxy_addresses,
@@ -114,23 +115,9 @@ class Stream:
         raise SystemExit("the stream ran out of seeded users; raise the seed count")
 
 
-async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        body = await response.text()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
-
-
-def attempts(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+def attempts(samples: Scrape) -> float:
     """Connection attempts the worker counted: its probes and its retries."""
-    names = {"cleanup_outage_probes_total", "cleanup_retries_total"}
-    return sum(v for (name, _), v in samples.items() if name in names)
+    return samples.total("cleanup_outage_probes_total") + samples.total("cleanup_retries_total")
 
 
 # What the client libraries log for each connection attempt they make on their own:
@@ -213,24 +200,24 @@ async def run_policy(
     topics: tuple[str, str],
 ) -> list[Result]:
     metrics_port = free_port()
-    worker_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "CLEANUP_DATABASE_URL": through(db_url, links["postgres"].listen),
-        "CLEANUP_KAFKA_BOOTSTRAP_SERVERS": links["kafka"].listen,
-        "CLEANUP_KAFKA_TOPICS": topics[0],
-        "CLEANUP_DLQ_TOPIC": topics[1],
-        "CLEANUP_KAFKA_GROUP_ID": f"bench-outage-{policy}-{uuid.uuid4().hex[:6]}",
-        "CLEANUP_HTTP_HOST": "127.0.0.1",
-        "CLEANUP_HTTP_PORT": str(metrics_port),
-        "CLEANUP_LOG_FORMAT": "json",
-        "CLEANUP_OUTAGE_PROBE_INTERVAL_S": PROBE_INTERVAL[policy],
+    settings = Settings(
+        database_url=SecretStr(through(db_url, links["postgres"].listen)),
+        kafka_bootstrap_servers=links["kafka"].listen,
+        kafka_topics=[topics[0]],
+        dlq_topic=topics[1],
+        kafka_group_id=f"bench-outage-{policy}-{uuid.uuid4().hex[:6]}",
+    )
+    env = worker_env(
+        settings,
+        CLEANUP_HTTP_PORT=str(metrics_port),
+        CLEANUP_OUTAGE_PROBE_INTERVAL_S=PROBE_INTERVAL[policy],
         **POLICY_ENV[policy],
-    }
+    )
     log_path = ROOT / ".dev" / "log" / f"bench-outage-{policy}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as stderr:  # noqa: ASYNC230 - once, before anything runs
         worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cleanup_worker", "run", env=worker_env, stderr=stderr
+            sys.executable, "-m", "cleanup_worker", "run", env=env, stderr=stderr
         )
     log = WorkerLog(log_path)
     db = await asyncpg.connect(db_url)

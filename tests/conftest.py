@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
@@ -20,16 +19,11 @@ from cleanup_worker.adapters.kafka import errors as kafka_errors
 from cleanup_worker.adapters.postgres.migrator import migrate
 from cleanup_worker.retries import install_retry_hooks
 from cleanup_worker.settings import Settings
-from tests.services import HOW_TO, Services, discover
+from testkit.services import HOW_TO, Services, discover, with_database
 
 # One template per test session, so that sessions running side by side never drop each
 # other's template.
 TEMPLATE_DB = f"cw_template_{os.getpid()}"
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 async def _drop_stale_templates(conn: Any) -> None:

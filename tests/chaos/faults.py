@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.outages import start_dev_services, stop_dev_service
-from tests.support.toxiproxy import Link
+from testkit.outages import start_dev_services, stop_dev_service
+from testkit.toxiproxy import Link
 
 LINK_FAULTS = ("latency", "down", "stall", "reset", "bandwidth")
 PROCESS_FAULTS = ("kill", "add", "remove")

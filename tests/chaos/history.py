@@ -1,6 +1,6 @@
 """The populations a chaos run starts from, made from its seed alone (no I/O here).
 
-The burst and the legacy accounts are dated in the past (around tests.support.events.T0) and
+The burst and the legacy accounts are dated in the past (around testkit.events.T0) and
 arrive in a random order, so the worker passes through states that never were: a member shown
 removed while the re-add that came before one of their keys has not arrived yet. R6 acts on
 such states (a key "created after the latest removal" whose records all look consumed), which
@@ -17,7 +17,7 @@ from datetime import datetime
 
 from cleanup_worker.domain.events import Change, Member, MembershipEvent
 from cleanup_worker.domain.rules import Membership, State
-from tests.support.events import T0, at, binary, event, structured
+from testkit.events import T0, at, binary, event, structured
 
 # value, headers, and the event it carries (None: a malformed record)
 Shot = tuple[bytes, list[tuple[str, bytes]], MembershipEvent | None]

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from cleanup_worker.domain.events import MembershipEvent
-from tests.support.events import binary, event, structured
+from testkit.events import binary, event, structured
 
 # What a restart or a reset of PostgreSQL throws at a client.
 DATABASE_TROUBLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)

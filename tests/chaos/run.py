@@ -14,8 +14,16 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.services import ROOT, scratch_database, service_env
 from cleanup_worker.settings import Settings
+from testkit.database import membership_rows, seed_key
+from testkit.kafka import all_committed, read_topic
+from testkit.services import ROOT, scratch_database, service_env
+from testkit.toxiproxy import (
+    database_address,
+    kafka_proxy_addresses,
+    through,
+    toxiproxy_process,
+)
 from tests.chaos.faults import Backfill, Replicas, Schedule
 from tests.chaos.history import LEGACY_ACCOUNTS, Population, population
 from tests.chaos.live import KeyService, Traffic, live_member
@@ -26,14 +34,6 @@ from tests.chaos.verdict import (
     exposure,
     key_facts,
     late_key_delays,
-)
-from tests.support.database import membership_rows, seed_key
-from tests.support.kafka import all_committed, read_topic
-from tests.support.toxiproxy import (
-    database_address,
-    kafka_proxy_addresses,
-    through,
-    toxiproxy_process,
 )
 
 PARTITIONS = 6

@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from cleanup_worker.settings import Settings
+from testkit.kafka import send_null_record
 from tests.integration.hostile import Shot
-from tests.support.kafka import send_null_record
 
 # A dead letter carries the original record and repeats its key in a header; it is dropped
 # to fit the producer's 1 MiB request limit (adapters/kafka/dead_letter_topic.py: first the

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.services import ROOT
+from testkit.services import ROOT
 
 SOURCE = "/accounts"
 IAM_ID = "IBMid-550001"

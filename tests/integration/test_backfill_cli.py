@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.database import rewrite_revocations
-from tests.support.waiting import eventually
+from testkit.database import key_table, rewrite_revocations
+from testkit.waiting import eventually
 
 KEYS_PER_USER = 5
 
@@ -66,11 +66,6 @@ async def seed(db: Any, users: int = 250) -> None:
         users,
         KEYS_PER_USER,
     )
-
-
-async def key_table(db: Any) -> list[tuple[Any, ...]]:
-    rows = await db.fetch("SELECT * FROM api_keys ORDER BY id")
-    return [tuple(row.values()) for row in rows]
 
 
 async def run_record(db: Any) -> Any:

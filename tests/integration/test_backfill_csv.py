@@ -10,14 +10,12 @@ from typing import Any
 import pytest
 
 from cleanup_worker.adapters.membership_file import parse_lines
-from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.rules import OrphanReason
 from cleanup_worker.errors import BackfillError, MembershipFileError
-from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import BackfillRefused, Summary
-from cleanup_worker.settings import Settings
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at
+from testkit.database import revoked_keys, seed_key
+from testkit.events import at
+from testkit.processes import run_backfill
 
 HEADER = b"account_id,iam_id,member_since\n"
 
@@ -68,13 +66,8 @@ def test_a_bad_line_is_named_with_what_is_wrong(text: bytes, message: str) -> No
         members(text)
 
 
-def settings_for(database_url: str) -> Settings:
-    return Settings(database_url=database_url, log_format="json")  # type: ignore[arg-type]
-
-
 async def backfill(database_url: str, path: Path, **request: Any) -> Summary:
-    options = {"execute": True, "max_fraction": 1.0, "memberships": path, **request}
-    return await backfill_job(settings_for(database_url), BackfillRequest(**options)).run()
+    return await run_backfill(database_url, memberships=path, **request)
 
 
 async def test_file_replaces_account_memberships(

@@ -12,20 +12,11 @@ import pytest
 
 from cleanup_worker.adapters.postgres import backfill_runs, keys
 from cleanup_worker.adapters.postgres.keys import MembershipSource
-from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.rules import Membership, OrphanReason, State, orphan_reason
 from cleanup_worker.errors import BackfillError
-from cleanup_worker.service.backfill.options import BackfillRequest
-from cleanup_worker.service.backfill.summary import Summary
-from cleanup_worker.settings import Settings
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at
-
-EVERYTHING = 1.0  # --max-fraction for small data sets where most keys are orphaned
-
-
-def settings_for(database_url: str) -> Settings:
-    return Settings(database_url=database_url, log_format="json", retry_max_wait_s=0.5)  # type: ignore[arg-type]
+from testkit.database import key_table, revoked_keys, seed_key
+from testkit.events import at
+from testkit.processes import run_backfill
 
 
 async def member(
@@ -42,21 +33,11 @@ async def member(
     )
 
 
-async def backfill(database_url: str, **request: Any) -> Summary:
-    options = {"execute": True, "max_fraction": EVERYTHING, **request}
-    return await backfill_job(settings_for(database_url), BackfillRequest(**options)).run()
-
-
-async def key_table(db: Any) -> list[tuple[Any, ...]]:
-    rows = await db.fetch("SELECT * FROM api_keys ORDER BY id")
-    return [tuple(row.values()) for row in rows]
-
-
 async def test_key_without_membership_row_is_revoked(database_url: str, db: Any) -> None:
     """A key whose (account, user) has no membership row is revoked as orphaned."""
     await member(db, "acct", "bob")
     orphan = await seed_key(db, "acct", "alice", at(0))
-    summary = await backfill(database_url)
+    summary = await run_backfill(database_url)
     assert (await revoked_keys(db))[orphan] == ("orphaned", f"backfill:{summary.run_id}")
     assert summary.revoked == {OrphanReason.NO_MEMBERSHIP: 1}
 
@@ -66,7 +47,7 @@ async def test_key_of_removed_membership_is_revoked(database_url: str, db: Any) 
     await member(db, "acct", "bob")
     await member(db, "acct", "alice", "removed")
     orphan = await seed_key(db, "acct", "alice", at(5))
-    summary = await backfill(database_url)
+    summary = await run_backfill(database_url)
     assert (await revoked_keys(db))[orphan] == ("orphaned", f"backfill:{summary.run_id}")
     assert summary.revoked == {OrphanReason.MEMBERSHIP_REMOVED: 1}
 
@@ -75,7 +56,7 @@ async def test_key_created_before_member_since_is_revoked(database_url: str, db:
     """A key from an earlier membership (created before member_since) is revoked as orphaned."""
     await member(db, "acct", "alice", since=at(10))
     orphan = await seed_key(db, "acct", "alice", at(9))
-    summary = await backfill(database_url)
+    summary = await run_backfill(database_url)
     assert (await revoked_keys(db))[orphan] == ("orphaned", f"backfill:{summary.run_id}")
     assert summary.revoked == {OrphanReason.CREATED_BEFORE_MEMBER_SINCE: 1}
 
@@ -91,7 +72,7 @@ async def test_key_the_membership_keeps_survives(
     """An active member's key created at or after member_since (or with none) is not revoked."""
     await member(db, "acct", "alice", since=since)
     await seed_key(db, "acct", "alice", created)
-    summary = await backfill(database_url)
+    summary = await run_backfill(database_url)
     assert await revoked_keys(db) == {}
     assert summary.keys_revoked == 0
 
@@ -107,7 +88,7 @@ async def test_revoked_key_keeps_its_original_reason(database_url: str, db: Any)
         at(30),
     )
     before = await key_table(db)
-    summary = await backfill(database_url)
+    summary = await run_backfill(database_url)
     assert await key_table(db) == before
     assert summary.assessment is not None
     assert summary.assessment.candidates == 0
@@ -121,7 +102,7 @@ async def test_dry_run_changes_no_key(database_url: str, db: Any) -> None:
         await seed_key(db, "acct", "alice", at(minute))
         await seed_key(db, "acct", "carol", at(minute))
     before = await key_table(db)
-    summary = await backfill(database_url, execute=False)
+    summary = await run_backfill(database_url, execute=False)
     assert await key_table(db) == before
     assert summary.assessment is not None
     assert summary.assessment.by_reason == {
@@ -137,7 +118,7 @@ async def test_account_option_limits_the_scope(database_url: str, db: Any) -> No
     await member(db, "kept", "bob")
     inside = await seed_key(db, "target", "alice", at(0))
     await seed_key(db, "other", "alice", at(0))
-    await backfill(database_url, accounts=("target",))
+    await run_backfill(database_url, accounts=("target",))
     assert set(await revoked_keys(db)) == {inside}
 
 
@@ -145,8 +126,8 @@ async def test_second_run_finds_nothing_left(database_url: str, db: Any) -> None
     """After an executed run, a dry run finds no orphaned key (the operator's verify step)."""
     await member(db, "acct", "bob")
     await seed_key(db, "acct", "alice", at(0))
-    await backfill(database_url)
-    again = await backfill(database_url, execute=False)
+    await run_backfill(database_url)
+    again = await run_backfill(database_url, execute=False)
     assert again.assessment is not None
     assert again.assessment.candidates == 0
 
@@ -154,9 +135,9 @@ async def test_second_run_finds_nothing_left(database_url: str, db: Any) -> None
 async def test_resume_without_an_interrupted_run_is_an_error(database_url: str, db: Any) -> None:
     """--resume with no interrupted --execute run says there is nothing to resume."""
     await member(db, "acct", "bob")
-    await backfill(database_url)
+    await run_backfill(database_url)
     with pytest.raises(BackfillError, match="nothing to resume"):
-        await backfill(database_url, resume=True)
+        await run_backfill(database_url, resume=True)
 
 
 async def candidates(db: Any, after: uuid.UUID | None = None) -> list[uuid.UUID]:
@@ -245,7 +226,7 @@ async def test_sql_agrees_with_orphan_reason(database_url: str, db: Any, seed: i
     found = await db.fetch("SELECT id, reason FROM pg_temp.backfill_candidates")
     assert {row["id"]: OrphanReason(row["reason"]) for row in found} == expected
 
-    summary = await backfill(database_url, batch_size=7)
+    summary = await run_backfill(database_url, batch_size=7)
     revoked = await revoked_keys(db)
     assert {k for k, (_, by) in revoked.items() if by.startswith("backfill:")} == set(expected)
     counts = {reason: list(expected.values()).count(reason) for reason in set(expected.values())}

@@ -12,11 +12,11 @@ from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import publisher
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import publisher
+from testkit.processes import running_worker
+from testkit.waiting import eventually
 
 USERS = 12  # per group
 KEYS = 3  # per user, created at minutes 0, 1, 2

@@ -8,10 +8,12 @@ plan, grow the tables, and look at the plan a batch would run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 
 from cleanup_worker.adapters.postgres import keys, memberships
@@ -134,26 +136,48 @@ async def test_batch_statement_keeps_to_indexes_as_tables_grow(db: Any, name: st
     assert _big_table_scans(plan) == []
 
 
-async def test_member_locks_scale_to_many_large_concurrent_batches(database_url: str) -> None:
+async def test_member_locks_scale_to_many_large_concurrent_batches(
+    database_url: str, db: Any
+) -> None:
     """A dozen concurrent batches of 2000 members each take their member locks without
-    exhausting PostgreSQL's shared lock table (row locks, not one advisory lock a member)."""
-    import asyncio  # noqa: PLC0415
-
-    import asyncpg  # noqa: PLC0415
-
+    exhausting PostgreSQL's shared lock table (row locks, not one advisory lock a member),
+    and hold all of them together."""
+    batches, size = 12, 2000
+    members = {n: sorted((f"acct-{n}", f"user-{i}") for i in range(size)) for n in range(batches)}
+    # The rows exist (an earlier batch made them), so every lock is a row lock taken by
+    # `FOR UPDATE`: the case that would fill the lock table if locks were kept there.
+    rows = [member for batch in members.values() for member in batch]
+    await db.executemany("INSERT INTO member_locks VALUES ($1, $2)", rows)
+    locked = {n: asyncio.Event() for n in range(batches)}
     release = asyncio.Event()
 
     async def batch(n: int) -> None:
         conn = await asyncpg.connect(database_url)
         try:
             async with conn.transaction():
-                members = sorted((f"acct-{n}", f"user-{i}") for i in range(2000))
-                await memberships.lock_members(conn, members)
+                await memberships.lock_members(conn, members[n])
+                locked[n].set()
                 await release.wait()
         finally:
             await conn.close()
 
-    tasks = [asyncio.create_task(batch(n)) for n in range(12)]
-    await asyncio.sleep(2)
-    release.set()
-    await asyncio.gather(*tasks)
+    tasks = [asyncio.create_task(batch(n)) for n in range(batches)]
+    try:
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(event.wait() for event in locked.values()))
+        # Every batch's transaction is open at once, and not one of their rows can be taken
+        # by anyone else: the 24 000 locks are held together.
+        holders = await db.fetchval(
+            "SELECT count(DISTINCT l.pid) FROM pg_locks AS l "
+            "JOIN pg_class AS c ON c.oid = l.relation "
+            "WHERE c.relname = 'member_locks' AND l.mode = 'RowShareLock' AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        assert holders == batches
+        free = await db.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM member_locks FOR UPDATE SKIP LOCKED) AS free"
+        )
+        assert free == 0, f"{free} of {batches * size} member rows were not locked"
+    finally:
+        release.set()
+        await asyncio.gather(*tasks)

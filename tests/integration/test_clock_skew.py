@@ -10,12 +10,12 @@ from typing import Any
 
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, membership_rows, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import end_offsets, publisher, read_topic
-from tests.support.metrics import sample
-from tests.support.processes import cli, running_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, membership_rows, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import end_offsets, publisher, read_topic
+from testkit.metrics import sample
+from testkit.processes import cli, running_worker
+from testkit.waiting import eventually
 
 
 async def _dead_letter_one(settings: Settings, removal: Any) -> None:

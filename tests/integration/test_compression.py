@@ -8,11 +8,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import Publisher
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import Publisher
+from testkit.processes import running_worker
+from testkit.waiting import eventually
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])

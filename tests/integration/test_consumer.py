@@ -9,13 +9,13 @@ import pytest
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
+from testkit.database import ledger_size, membership_rows, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import publisher
+from testkit.metrics import sample
+from testkit.processes import running_worker
+from testkit.waiting import eventually
 from tests.oracle import KeyFact, expected_state
-from tests.support.database import ledger_size, membership_rows, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import publisher
-from tests.support.metrics import sample
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
 
 
 async def _wait_for_ledger(db: Any, count: int) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import publisher
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import publisher
+from testkit.processes import running_worker
+from testkit.waiting import eventually
 
 
 async def test_removal_revokes_the_members_keys(settings: Settings, db: Any) -> None:

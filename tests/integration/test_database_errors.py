@@ -15,12 +15,12 @@ from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.adapters.postgres.connections import SESSION_LIMITS, connect, create_pool
 from cleanup_worker.adapters.postgres.sqlstate import is_transient, is_unreachable
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
-from tests.support.metrics import sample, scrape
-from tests.support.processes import free_port, running_worker, spawn_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import committed_offsets, end_offsets, publisher, read_topic
+from testkit.metrics import sample, scrape
+from testkit.processes import free_port, running_worker, spawn_worker
+from testkit.waiting import eventually
 
 # Revoking a key of the member "slow" takes a second: longer than the statement timeout.
 _SLOW_MEMBER = """
@@ -132,11 +132,21 @@ async def test_a_session_ended_for_idling_in_a_transaction_is_retried(
     """What the server raises when it ends a session idle in a transaction is classified as
     the connection gone: retried (after a probe), never a reason to stop."""
     raised: list[BaseException] = []
+    watcher = await asyncpg.connect(settings.database_url.get_secret_value())
     async with connect(settings) as conn:
+        pid = conn.get_server_pid()
+
+        async def ended() -> bool:
+            gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+            return bool(await watcher.fetchval(gone, pid))
+
         with contextlib.suppress(asyncpg.InterfaceError):  # the rollback finds no session
             async with conn.transaction():
                 await conn.execute("SET LOCAL idle_in_transaction_session_timeout = 100")
-                await asyncio.sleep(1)
+                try:
+                    await eventually(ended, timeout=10, interval=0.05)
+                finally:
+                    await watcher.close()
                 try:
                     await conn.fetchval("SELECT 1")
                 except Exception as exc:

@@ -10,17 +10,17 @@ import pytest
 from cleanup_worker import __version__
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, binary, event, structured
-from tests.support.kafka import (
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, binary, event, structured
+from testkit.kafka import (
     committed_offsets,
     end_offsets,
     publisher,
     read_topic,
     send_null_record,
 )
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
+from testkit.processes import running_worker
+from testkit.waiting import eventually
 
 _GOOD = event("removed", "acct", "alice", at(10))
 _S_VALUE, _S_HEADERS = structured(_GOOD)

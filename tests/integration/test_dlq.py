@@ -18,11 +18,11 @@ from cleanup_worker.domain.events import EventTypes, MembershipEvent
 from cleanup_worker.service.apply.classify import RecordClassifier
 from cleanup_worker.service.dead_letters import fingerprint, inspect
 from cleanup_worker.settings import Settings
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at, event, structured
-from tests.support.kafka import end_offsets, publisher
-from tests.support.processes import cli, running_worker
-from tests.support.waiting import eventually
+from testkit.database import revoked_keys, seed_key
+from testkit.events import at, event, structured
+from testkit.kafka import end_offsets, publisher
+from testkit.processes import cli, running_worker
+from testkit.waiting import eventually
 
 PADDING = "p" * 300  # makes the event larger than 256 bytes, the limit the worker ran with
 

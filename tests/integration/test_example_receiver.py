@@ -9,11 +9,11 @@ from typing import Any
 
 from cleanup_worker.settings import Settings
 from examples.cache_invalidation import KeyCache, follow
-from tests.support.database import seed_key
-from tests.support.events import at, event
-from tests.support.kafka import create_topic, publisher
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
+from testkit.database import seed_key
+from testkit.events import at, event
+from testkit.kafka import create_topic, publisher
+from testkit.processes import running_worker
+from testkit.waiting import eventually
 
 
 async def test_cache_forgets_revoked_keys_and_keeps_the_rest(settings: Settings, db: Any) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +25,19 @@ from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.run.process import RunProcess
 from cleanup_worker.settings import Settings
-from tests.services import ROOT, Services
-from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for
-from tests.support.events import at, event
-from tests.support.kafka import all_committed, committed_offsets, publisher, read_topic
-from tests.support.metrics import sample_total
-from tests.support.processes import http_get, running_worker
-from tests.support.toxiproxy import (
+from testkit.database import (
+    assert_no_offset_ahead_of_ledger,
+    ledger_size,
+    revoked_keys,
+    seed_key,
+    seed_keys_for,
+)
+from testkit.events import at, removals
+from testkit.kafka import all_committed, committed_offsets, publish, publisher, read_topic
+from testkit.metrics import sample_total
+from testkit.processes import http_get, running_worker
+from testkit.services import ROOT, Services
+from testkit.toxiproxy import (
     HOW_TO_PROXIED,
     Link,
     Toxiproxy,
@@ -40,7 +47,7 @@ from tests.support.toxiproxy import (
     through,
     toxiproxy_process,
 )
-from tests.support.waiting import eventually
+from testkit.waiting import eventually, until_grown
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -107,16 +114,7 @@ def proxied(settings: Settings, links: Links) -> Settings:
 
 
 def _removals(count: int) -> list[MembershipEvent]:
-    run = uuid.uuid4().hex[:6]
-    return [event("removed", "acct", f"user-{run}-{i}", at(10)) for i in range(count)]
-
-
-async def _publish(settings: Settings, events: list[MembershipEvent], per_s: float) -> None:
-    """Publishes at a steady pace, so that faults land while records flow."""
-    async with publisher(settings) as pub:
-        for i in range(0, len(events), 10):
-            await pub.events(events[i : i + 10])
-            await asyncio.sleep(10 / per_s)
+    return removals(count, prefix=f"user-{uuid.uuid4().hex[:6]}-")
 
 
 async def _status(process: RunProcess, path: str) -> int:
@@ -134,19 +132,6 @@ async def _assert_ready(process: RunProcess) -> None:
     assert status == 200, body
 
 
-async def _offsets_not_ahead_of_ledger(settings: Settings, db: Any) -> None:
-    """Every record below a committed offset is in the ledger (each record here is a
-    distinct removal): no offset was committed before its transaction."""
-    for partition, offset in (await committed_offsets(settings)).items():
-        applied = await db.fetchval(
-            "SELECT count(*) FROM membership_events WHERE kafka_partition = $1 "
-            "AND kafka_offset < $2",
-            partition,
-            offset,
-        )
-        assert applied == offset, f"partition {partition}: {applied} of {offset} applied"
-
-
 async def _all_done(settings: Settings, db: Any, events: list[MembershipEvent]) -> None:
     """Every removal applied once, every key revoked by its own event, every offset
     committed, and none ahead of the ledger."""
@@ -158,7 +143,7 @@ async def _all_done(settings: Settings, db: Any, events: list[MembershipEvent]) 
     await eventually(finished, timeout=90)
 
     await eventually(lambda: all_committed(settings), timeout=60)
-    await _offsets_not_ahead_of_ledger(settings, db)
+    await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
     wrong = await db.fetchval(
         "SELECT count(*) FROM api_keys k JOIN membership_events e "
         "ON e.iam_id = k.iam_id AND k.revoked_by <> 'event:' || e.source || '#' || e.event_id"
@@ -195,9 +180,35 @@ async def test_latency_with_jitter(
         await _ready_again(process)
         await target.add("latency", stream="downstream", latency=100, jitter=50)
         await target.add("latency", stream="upstream", latency=100, jitter=50)
-        await _publish(settings, events, per_s=200)
+        await publish(settings, events, per_s=200)
         await _all_done(settings, db, events)
         await _assert_ready(process)
+
+
+async def _fault_mid_stream(
+    fault: Callable[[], AbstractAsyncContextManager[None]],
+    hold_s: float,
+    settings: Settings,
+    proxied: Settings,
+    db: Any,
+) -> None:
+    """400 removals flow; once some are applied the fault is put on and held `hold_s` past the
+    moment readiness dropped (liveness and the committed offsets checked then), and lifted;
+    then everything is applied and the worker is ready again."""
+    events = _removals(400)
+    await seed_keys_for(db, events)
+    async with running_worker(proxied) as process:
+        await _ready_again(process)
+        publishing = asyncio.create_task(publish(settings, events, per_s=100))
+        await eventually(lambda: _some_applied(db), timeout=30)
+        async with fault():
+            await _not_ready_but_live(process)
+            await asyncio.sleep(hold_s)  # the fault's length, not a wait for something
+            await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
+            assert await _status(process, "/livez") == 200
+        await publishing
+        await _all_done(settings, db, events)
+        await _ready_again(process)
 
 
 @pytest.mark.parametrize("link", ["database", "broker"])
@@ -206,21 +217,8 @@ async def test_link_down_and_up(
 ) -> None:
     """The link goes away for 5 s mid-stream (connections closed, new ones refused): not
     ready meanwhile but live, and everything applied once it is back."""
-    events = _removals(400)
-    await seed_keys_for(db, events)
     target = links.database if link == "database" else links.broker
-    async with running_worker(proxied) as process:
-        await _ready_again(process)
-        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
-        await eventually(lambda: _some_applied(db), timeout=30)
-        async with target.down():
-            await _not_ready_but_live(process)
-            await asyncio.sleep(3)
-            await _offsets_not_ahead_of_ledger(settings, db)
-            assert await _status(process, "/livez") == 200
-        await publishing
-        await _all_done(settings, db, events)
-        await _ready_again(process)
+    await _fault_mid_stream(target.down, 3, settings, proxied, db)
 
 
 async def _some_applied(db: Any) -> bool:
@@ -237,21 +235,8 @@ async def test_black_hole_mid_stream(
     """Nothing gets through the link for a while (Toxiproxy's `timeout` toxic with 0: the
     connections stay open, the bytes are held) while batches and commits are in flight: not
     ready meanwhile but live, and everything applied once the link carries data again."""
-    events = _removals(400)
-    await seed_keys_for(db, events)
     target = links.database if link == "database" else links.broker
-    async with running_worker(proxied) as process:
-        await _ready_again(process)
-        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
-        await eventually(lambda: _some_applied(db), timeout=30)
-        async with target.stalled():
-            await _not_ready_but_live(process)
-            await asyncio.sleep(stall_s - 2)
-            await _offsets_not_ahead_of_ledger(settings, db)
-            assert await _status(process, "/livez") == 200
-        await publishing
-        await _all_done(settings, db, events)
-        await _ready_again(process)
+    await _fault_mid_stream(target.stalled, stall_s - 2, settings, proxied, db)
 
 
 @pytest.mark.timeout(240)
@@ -265,7 +250,7 @@ async def test_broker_stall_longer_than_the_request_timeout(
     await seed_keys_for(db, events)
     async with running_worker(proxied) as process:
         await _ready_again(process)
-        publishing = asyncio.create_task(_publish(settings, events, per_s=100))
+        publishing = asyncio.create_task(publish(settings, events, per_s=100))
         await eventually(lambda: _some_applied(db), timeout=30)
         async with links.broker.stalled():
             await _not_ready_but_live(process)
@@ -273,7 +258,7 @@ async def test_broker_stall_longer_than_the_request_timeout(
                 await asyncio.sleep(5)
                 assert await _status(process, "/livez") == 200
                 assert await _status(process, "/readyz") == 503
-            await _offsets_not_ahead_of_ledger(settings, db)
+            await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
         await publishing
         await _all_done(settings, db, events)
         await _ready_again(process)
@@ -283,7 +268,7 @@ async def test_broker_stall_longer_than_the_request_timeout(
 async def test_backfill_goes_on_after_losing_its_connection(
     fault: str, links: Links, proxied: Settings, db: Any
 ) -> None:
-    """The backfill's connection is lost mid-run (the link down for 2 s, or reset): it
+    """The backfill's connection is lost mid-run (the link down, or reset): it
     reconnects and continues the same run from its last batch, and ends `completed` with
     every orphan revoked once, by that run."""
     run = uuid.uuid4().hex[:6]
@@ -301,12 +286,14 @@ async def test_backfill_goes_on_after_losing_its_connection(
     retried = sample_total("cleanup_retries_total", operation="database.backfill")
     backfill = asyncio.create_task(backfill_job(proxied, request).run())
     await eventually(lambda: _revoked_at_least(db, 8), timeout=30, interval=0.05)
-    if fault == "down":
-        async with links.database.down():
-            await asyncio.sleep(2)
-    else:
-        async with links.database.toxic("reset_peer", stream="upstream", timeout=0):
-            await asyncio.sleep(0.5)
+    # The fault lasts until the backfill has lost its connection and is retrying.
+    fault_on = (
+        links.database.down()
+        if fault == "down"
+        else links.database.toxic("reset_peer", stream="upstream", timeout=0)
+    )
+    async with fault_on:
+        await until_grown(lambda: _retries("database.backfill"), 1, timeout=30)
     summary = await asyncio.wait_for(backfill, 90)
 
     assert summary.status == "completed"
@@ -317,6 +304,10 @@ async def test_backfill_goes_on_after_losing_its_connection(
     assert sample_total("cleanup_retries_total", operation="database.backfill") > retried
     status = await db.fetchval("SELECT status FROM backfill_runs WHERE run_id = $1", summary.run_id)
     assert status == "completed"
+
+
+def _retries(operation: str) -> float:
+    return sample_total("cleanup_retries_total", operation=operation)
 
 
 async def _revoked_at_least(db: Any, count: int) -> bool:
@@ -333,7 +324,7 @@ async def test_bandwidth_limit_on_the_broker_link(
     async with running_worker(proxied) as process:
         await _ready_again(process)
         await links.broker.add("bandwidth", stream="downstream", rate=16)
-        await _publish(settings, events, per_s=1000)
+        await publish(settings, events, per_s=1000)
         await _all_done(settings, db, events)
         await _assert_ready(process)
 
@@ -385,7 +376,8 @@ async def test_reset_after_commit_before_its_answer_applies_once(
         await eventually(lambda: _applied_at_least(db, len(events)), timeout=60, interval=0.02)
         await links.database.add("reset_peer", stream="downstream", timeout=0)
         first = await db.fetch("SELECT id, revoked_at, revoked_by FROM api_keys ORDER BY id")
-        await asyncio.sleep(0.5)
+        # The reset has reached the worker: its batch failed and is being retried.
+        await until_grown(lambda: _retries("database.batch"), 1, timeout=30)
         await links.api.reset()
         await _all_done(settings, db, events)
         await _ready_again(process)

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, binary, event
-from tests.support.kafka import committed_offsets, publisher
-from tests.support.processes import spawn_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, binary, event
+from testkit.kafka import committed_offsets, publisher
+from testkit.processes import spawn_worker
+from testkit.waiting import eventually
 
 
 async def _kcat_with_bad_header_name(settings: Settings, values: list[bytes], headers: Any) -> None:

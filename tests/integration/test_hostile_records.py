@@ -25,15 +25,15 @@ from cleanup_worker import __version__
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
+from testkit.database import database_state, seed_key
+from testkit.kafka import committed_offsets, create_topic, end_offsets, read_topic
+from testkit.metrics import scrape
+from testkit.processes import cli, free_port, http_get, spawn_worker
+from testkit.waiting import eventually
 from tests.integration.hostile import CANARY, MEMBERS, T0, Shot
 from tests.integration.hostile_mix import broker_sized, mix
 from tests.integration.hostile_producers import Place, fits_whole, produce
 from tests.oracle import KeyFact, expected_state
-from tests.support.database import database_state, seed_key
-from tests.support.kafka import committed_offsets, create_topic, end_offsets, read_topic
-from tests.support.metrics import scrape
-from tests.support.processes import cli, free_port, http_get, spawn_worker
-from tests.support.waiting import eventually
 
 SEED_ENV, RECORDS_ENV, RUNS_ENV = "CLEANUP_FUZZ_SEED", "CLEANUP_FUZZ_RECORDS", "CLEANUP_FUZZ_RUNS"
 RECORDS = int(os.environ.get(RECORDS_ENV, "2000"))

@@ -20,9 +20,9 @@ from cleanup_worker.domain.late_keys import late_key_removal, recheck_removal
 from cleanup_worker.domain.rules import derive_membership
 from cleanup_worker.service.run.late_keys import LateKeySweeper, Swept
 from cleanup_worker.settings import Settings
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at
-from tests.support.kafka import publisher
+from testkit.database import revoked_keys, seed_key
+from testkit.events import at
+from testkit.kafka import publisher
 
 
 def now() -> datetime:

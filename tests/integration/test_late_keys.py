@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -20,12 +19,12 @@ from cleanup_worker.service.run.late_keys import (
     RULE_RECHECK,
 )
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys
-from tests.support.events import event
-from tests.support.kafka import create_topic, publisher, read_topic
-from tests.support.metrics import sample
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, revoked_keys
+from testkit.events import event
+from testkit.kafka import create_topic, publisher, read_topic
+from testkit.metrics import sample
+from testkit.processes import running_worker
+from testkit.waiting import eventually, until_database_clock, until_grown
 
 SETTLE_S = 1.0
 
@@ -69,6 +68,39 @@ def counted(rule: str) -> float:
     return sample("cleanup_late_keys_revoked_total", {"rule": rule})
 
 
+def sweeps() -> float:
+    """Sweeps completed in this process (by any in-process replica), R6's part included."""
+    return sample("cleanup_late_key_sweep_duration_seconds_count")
+
+
+async def until_swept(times: int) -> None:
+    """Waits until the sweep has run `times` more times from now (whatever it would have done
+    by then, it has done)."""
+    await until_grown(sweeps, times, timeout=30)
+
+
+async def r6_waiting(*, at_least: int = 0, at_most: int | None = None) -> bool:
+    """Whether the latest sweep reported that many due late keys waiting for the group."""
+    waiting = sample("cleanup_late_keys_waiting")
+    return waiting >= at_least and (at_most is None or waiting <= at_most)
+
+
+async def until_window_past(db: Any, created: datetime) -> None:
+    """Waits until the sweep's window (less its clock margin) starts after `created`: the
+    sweep has looked at a key created then for the last time."""
+
+    async def past() -> bool:
+        return bool(
+            await db.fetchval(
+                "SELECT window_start - $2::interval > $1 FROM late_key_sweep",
+                created,
+                CLOCK_MARGIN,
+            )
+        )
+
+    await eventually(past, timeout=30, interval=0.05)
+
+
 @asynccontextmanager
 async def open_transaction(database_url: str) -> AsyncIterator[Any]:
     """A key service's connection with a transaction begun (committed by the caller)."""
@@ -84,8 +116,8 @@ async def open_transaction(database_url: str) -> AsyncIterator[Any]:
 async def test_key_committed_after_its_removal_is_revoked_within_two_seconds(
     settings: Settings, db: Any, database_url: str
 ) -> None:
-    """A key whose transaction began before the removal was produced, and committed 3 s
-    after the worker applied it (longer than the sweep's clock margin), is revoked as R1
+    """A key whose transaction began before the removal was produced, and committed after
+    the sweep's clock margin had passed and the sweep had run meanwhile, is revoked as R1
     would have within 2 s of its commit."""
     before = counted(RULE_RECHECK)
     async with (
@@ -97,7 +129,9 @@ async def test_key_committed_after_its_removal_is_revoked_within_two_seconds(
         removal = event("removed", "acct", "alice", now())
         await pub.events([removal])
         await wait_for_ledger(db, 1)
-        await asyncio.sleep(3)
+        created = await key_service.fetchval("SELECT created_at FROM api_keys WHERE id = $1", key)
+        await until_database_clock(db, created + CLOCK_MARGIN + timedelta(seconds=1))
+        await until_swept(times=2)
         await creating.commit()
         await wait_revoked(db, key, timeout=2.0)
     assert await revoked_keys(db) == {key: ("member_removed", removal.ref)}
@@ -107,15 +141,15 @@ async def test_key_committed_after_its_removal_is_revoked_within_two_seconds(
 async def test_key_created_after_removal_is_revoked_after_settle(
     settings: Settings, db: Any
 ) -> None:
-    """A key created 1 s after its owner's removal was applied, the member still removed, is
-    revoked as orphaned within the settle delay + 2 s, naming the removal."""
+    """A key created after its owner's removal was applied and swept past, the member still
+    removed, is revoked as orphaned within the settle delay + 2 s, naming the removal."""
     settings = late_settings(settings)
     before = counted(RULE_LATE_KEY)
     async with publisher(settings) as pub, running_worker(settings):
         removal = event("removed", "acct", "alice", now())
         await pub.events([removal])
         await wait_for_ledger(db, 1)
-        await asyncio.sleep(1)
+        await until_swept(times=2)
         key = await create_key(db, "acct", "alice")
         await wait_revoked(db, key, timeout=SETTLE_S + 2)
     assert await revoked_keys(db) == {key: ("orphaned", removal.ref)}
@@ -131,7 +165,7 @@ async def test_removal_that_arrives_after_a_later_key_makes_it_late(
     async with publisher(settings) as pub, running_worker(settings):
         key = await create_key(db, "acct", "alice")
         created = await db.fetchval("SELECT created_at FROM api_keys WHERE id = $1", key)
-        await asyncio.sleep(CLOCK_MARGIN.total_seconds() + 3)  # past the sweep's window
+        await until_window_past(db, created)
         removal = event("removed", "acct", "alice", created - timedelta(seconds=1))
         await pub.events([removal])
         await wait_for_ledger(db, 1)
@@ -176,13 +210,16 @@ async def test_re_add_produced_before_the_key_but_held_back_wins(
             await wait_for_ledger(db, 1)
             await pub.events([event("added", "acct", "alice", now())], partition=theirs.partition)
             key = await create_key(db, "acct", "alice")
-            await asyncio.sleep(SETTLE_S + 2)
+            # R6 finds the key past its settle delay and waits for the stuck member ...
+            await eventually(lambda: r6_waiting(at_least=1), timeout=SETTLE_S + 10)
+            await until_swept(times=2)  # ... and keeps waiting, sweep after sweep
             assert await revoked_keys(db) == {}
             assert sample("cleanup_late_keys_waiting") >= 1
         finally:
             await stalled.stop()  # leaves the group: the worker takes the partition over
         await wait_for_ledger(db, 2)
-        await asyncio.sleep(SETTLE_S + 2)
+        await eventually(lambda: r6_waiting(at_most=0), timeout=SETTLE_S + 10)
+        await until_swept(times=2)  # R6 has looked again since the group caught up
     assert key not in await revoked_keys(db)
     assert await db.fetchval("SELECT state FROM account_memberships") == "active"
 
@@ -217,7 +254,8 @@ async def test_keys_that_appear_while_the_worker_is_down_are_handled_when_it_ret
             await wait_for_ledger(db, 1)
         await creating.commit()
     late = await create_key(db, "acct", "alice")
-    await asyncio.sleep(SETTLE_S)
+    late_created = await db.fetchval("SELECT created_at FROM api_keys WHERE id = $1", late)
+    await until_database_clock(db, late_created + timedelta(seconds=SETTLE_S))
     assert await revoked_keys(db) == {}
     async with running_worker(settings):
         await wait_revoked(db, concurrent, timeout=10)
@@ -255,7 +293,7 @@ async def test_three_replicas_revoke_each_late_key_once(
             return len(await revoked_keys(db)) == len(owners)
 
         await eventually(all_revoked, timeout=SETTLE_S + 10)
-        await asyncio.sleep(1)  # any second revocation would be counted by now
+        await until_swept(times=3)  # any second revocation would be counted by now
     expected = {
         key: ("member_removed" if key in concurrent else "orphaned", removals[owner].ref)
         for key, owner in owners.items()

@@ -9,41 +9,31 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
-from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.services import Services
-from tests.support.database import ledger_size, revoked_keys, seed_key, seed_keys_for
-from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher
-from tests.support.metrics import scrape
-from tests.support.outages import restart_dev_service
-from tests.support.processes import http_get, running_worker, spawn_worker
-from tests.support.waiting import eventually
+from testkit.database import (
+    assert_no_offset_ahead_of_ledger,
+    ledger_size,
+    lock_waiters,
+    revoked_keys,
+    seed_key,
+    seed_keys_for,
+    until_lock_waiters,
+)
+from testkit.events import at, event, removals
+from testkit.kafka import committed_offsets, end_offsets, publish, publisher
+from testkit.metrics import scrape
+from testkit.outages import restart_dev_service
+from testkit.processes import http_get, running_worker, spawn_worker
+from testkit.services import Services
+from testkit.waiting import eventually, until_logged
 
 STREAM = 3000
 
 
-def _removals(count: int) -> list[MembershipEvent]:
-    return [event("removed", "acct", f"user-{i}", at(10)) for i in range(count)]
-
-
-async def _publish(settings: Settings, events: list[MembershipEvent]) -> None:
-    async with publisher(settings) as pub:
-        await pub.events(events)
-
-
-async def _assert_committed_offsets_were_applied(db: Any, committed: dict[int, int]) -> None:
-    """Every record below a partition's committed offset is in the ledger (each record of
-    these streams is a distinct event): no offset was committed ahead of its transaction."""
-    for partition, offset in committed.items():
-        applied = await db.fetchval(
-            "SELECT count(*) FROM membership_events WHERE kafka_partition = $1 "
-            "AND kafka_offset < $2",
-            partition,
-            offset,
-        )
-        assert applied == offset, f"partition {partition}: {applied} of {offset} applied"
+async def _applied_some(db: Any) -> bool:
+    return await ledger_size(db) > 0
 
 
 async def _all_revoked(db: Any, count: int) -> bool:
@@ -56,9 +46,9 @@ async def _all_revoked(db: Any, count: int) -> bool:
 async def test_sigterm_mid_stream_drains_and_exits_zero(settings: Settings, db: Any) -> None:
     """SIGTERM while consuming: exit 0 within the grace, and every committed offset's effects
     are in the database (nothing committed ahead of its transaction)."""
-    events = _removals(STREAM)
+    events = removals(STREAM)
     await seed_keys_for(db, events)
-    await _publish(settings, events)
+    await publish(settings, events)
     worker = await spawn_worker(settings, CLEANUP_BATCH_MAX_RECORDS="100")
 
     async def started() -> bool:
@@ -72,16 +62,16 @@ async def test_sigterm_mid_stream_drains_and_exits_zero(settings: Settings, db: 
     assert time.monotonic() - sent < settings.shutdown_grace_s
     committed = await committed_offsets(settings)
     assert sum(committed.values()) > 0
-    await _assert_committed_offsets_were_applied(db, committed)
+    await assert_no_offset_ahead_of_ledger(db, committed)
     assert b"worker.stopped" in stderr
 
 
 @pytest.mark.timeout(180)
 async def test_sigkill_mid_stream_then_restart_ends_right(settings: Settings, db: Any) -> None:
     """A worker SIGKILLed mid-stream and restarted ends with every event applied once."""
-    events = _removals(STREAM)
+    events = removals(STREAM)
     await seed_keys_for(db, events)
-    await _publish(settings, events)
+    await publish(settings, events)
     first = await spawn_worker(settings, CLEANUP_BATCH_MAX_RECORDS="100")
 
     async def started() -> bool:
@@ -91,7 +81,7 @@ async def test_sigkill_mid_stream_then_restart_ends_right(settings: Settings, db
     first.kill()
     await first.wait()
     assert await ledger_size(db) < STREAM, "the stream finished before the kill; make it longer"
-    await _assert_committed_offsets_were_applied(db, await committed_offsets(settings))
+    await assert_no_offset_ahead_of_ledger(db, await committed_offsets(settings))
     second = await spawn_worker(settings)
     try:
 
@@ -118,7 +108,7 @@ async def test_postgres_restart_mid_stream_loses_nothing(
     """PostgreSQL restarted while events flow: readiness drops, the worker resumes by itself,
     and every event is applied."""
     db = await asyncpg.connect(database_url)
-    events = _removals(STREAM)
+    events = removals(STREAM)
     await seed_keys_for(db, events)
     await db.close()
     async with running_worker(settings) as process:
@@ -130,8 +120,12 @@ async def test_postgres_restart_mid_stream_loses_nothing(
             return await _http_status(port, "/readyz") == 200
 
         await eventually(ready)
-        publishing = asyncio.create_task(_publish(settings, events))
-        await asyncio.sleep(0.5)
+        publishing = asyncio.create_task(publish(settings, events))
+        db = await asyncpg.connect(database_url)
+        try:
+            await eventually(lambda: _applied_some(db), timeout=60, interval=0.05)
+        finally:
+            await db.close()
         restart = asyncio.create_task(restart_dev_service("postgres", pause_s=3))
 
         async def not_ready() -> bool:
@@ -159,13 +153,13 @@ async def test_broker_restart_mid_stream_loses_nothing(
 ) -> None:
     """The Kafka broker restarted between two halves of a stream: readiness drops while it is
     away, the worker carries on by itself, and every event is applied and committed."""
-    events = _removals(STREAM)
+    events = removals(STREAM)
     await seed_keys_for(db, events)
     async with running_worker(settings) as process:
         assert process.http is not None
         assert process.http.port is not None
         port = process.http.port
-        await _publish(settings, events[: STREAM // 2])
+        await publish(settings, events[: STREAM // 2])
 
         async def first_half() -> bool:
             return await ledger_size(db) == STREAM // 2
@@ -179,7 +173,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
         await eventually(not_ready, timeout=60, interval=0.2)
         assert await _http_status(port, "/livez") == 200
         await restart
-        await _publish(settings, events[STREAM // 2 :])
+        await publish(settings, events[STREAM // 2 :])
 
         async def finished() -> bool:
             return await _all_revoked(db, STREAM)
@@ -213,37 +207,43 @@ async def test_livez_fails_when_the_poll_loop_is_wedged(settings: Settings) -> N
             return {}
 
         process.consumer_loop.consumer.getmany = hang  # type: ignore[method-assign]  # the hang itself
-        await asyncio.sleep(1.0)
-        assert await _http_status(process.http.port, "/livez") == 503
+        port = process.http.port
+
+        async def dead() -> bool:
+            return await _http_status(port, "/livez") == 503
+
+        await eventually(dead, timeout=10)
         release.set()
 
 
 async def test_metrics_parse_and_move_with_traffic(settings: Settings, db: Any) -> None:
     """/metrics parses as Prometheus text and its counters move when events are applied."""
     await seed_key(db, "acct", "alice", at(0))
+    applied_labels = {"outcome": "applied", "type": "account.member.removed"}
+    revoked = {"reason": "member_removed"}
+    moved = [
+        ("cleanup_events_total", applied_labels),
+        ("cleanup_keys_revoked_total", revoked),
+        ("cleanup_revocation_lag_seconds_count", {}),
+    ]
     async with running_worker(settings) as process, publisher(settings) as pub:
         assert process.http is not None
         assert process.http.port is not None
-        before = await scrape(process.http.port)
+        port = process.http.port
+        before = await scrape(port)
         await pub.events([event("removed", "acct", "alice", at(5))])
 
-        async def applied() -> bool:
-            return await ledger_size(db) == 1
+        async def counted() -> bool:
+            now = await scrape(port)
+            return all(
+                now.value(name, labels) > before.value(name, labels) for name, labels in moved
+            )
 
-        await eventually(applied)
-        await asyncio.sleep(0.2)
-        after = await scrape(process.http.port)
-    applied_labels = {"outcome": "applied", "type": "account.member.removed"}
-    revoked = {"reason": "member_removed"}
-    assert after.value("cleanup_events_total", applied_labels) == (
-        before.value("cleanup_events_total", applied_labels) + 1
-    )
-    assert after.value("cleanup_keys_revoked_total", revoked) == (
-        before.value("cleanup_keys_revoked_total", revoked) + 1
-    )
-    assert after.value("cleanup_revocation_lag_seconds_count") == (
-        before.value("cleanup_revocation_lag_seconds_count") + 1
-    )
+        await eventually(counted)
+        after = await scrape(port)
+    for name, labels in moved:
+        assert after.value(name, labels) == before.value(name, labels) + 1, name
+    assert await ledger_size(db) == 1
     assert await revoked_keys(db)
 
 
@@ -254,7 +254,7 @@ async def test_rebalance_during_a_stuck_batch_neither_cancels_it_nor_crashes(
     """A second replica joins while the first one's batch waits on a member lock: the bounded
     drain gives up, the batch goes on, nobody crashes, and every event ends applied."""
     quick_drain = settings.model_copy(update={"rebalance_drain_s": 1.0})
-    events = _removals(300)
+    events = removals(300)
     await seed_keys_for(db, events)
     blocker = await asyncpg.connect(database_url)
     try:
@@ -263,15 +263,19 @@ async def test_rebalance_during_a_stuck_batch_neither_cancels_it_nor_crashes(
         await holding.start()
         await blocker.execute("SELECT 1 FROM member_locks WHERE iam_id = 'user-0' FOR UPDATE")
         async with running_worker(quick_drain):
-            await _publish(quick_drain, events)
-            await asyncio.sleep(2)  # the batch holding user-0 is now waiting on the lock
-            async with running_worker(quick_drain):
-                await asyncio.sleep(4)  # the rebalance, and the first replica's drain timeout
-                await holding.rollback()
+            await publish(quick_drain, events)
+            blocked = await until_lock_waiters(db, "member_locks")
+            with capture_logs() as logs:
+                async with running_worker(quick_drain):
+                    timeout = await until_logged(logs, "kafka.rebalance.drain_timeout")
+                    assert timeout["seconds"] == quick_drain.rebalance_drain_s
+                    still = blocked & await lock_waiters(db, "member_locks")
+                    assert still, "the drain cancelled the batch waiting on the lock"
+                    await holding.rollback()
 
-                async def finished() -> bool:
-                    return await _all_revoked(db, len(events))
+                    async def finished() -> bool:
+                        return await _all_revoked(db, len(events))
 
-                await eventually(finished, timeout=90)
+                    await eventually(finished, timeout=90)
     finally:
         await blocker.close()

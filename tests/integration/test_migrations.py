@@ -11,8 +11,7 @@ import pytest
 
 from cleanup_worker.adapters.postgres.migrator import available_migrations, migrate
 from cleanup_worker.errors import MigrationError
-from tests.conftest import with_database
-from tests.services import Services
+from testkit.services import Services, with_database
 
 
 @pytest.fixture
@@ -35,20 +34,60 @@ async def _migrate(url: str) -> int:
         await conn.close()
 
 
+def _shipped() -> list[tuple[int, str, str]]:
+    return [(m.version, m.name, m.checksum) for m in available_migrations()]
+
+
+async def _recorded(url: str) -> list[tuple[int, str, str]]:
+    """The migrations `schema_migrations` says were applied, in order."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+        )
+    finally:
+        await conn.close()
+    return [(row["version"], row["name"], row["checksum"]) for row in rows]
+
+
+async def _schema(url: str) -> list[tuple[Any, ...]]:
+    """Every column, constraint, index and trigger of the public schema."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT 'column', table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' "
+            "UNION ALL SELECT 'constraint', conrelid::regclass::text, conname, "
+            "pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = 'public'::regnamespace "
+            "UNION ALL SELECT 'index', tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = 'public' "
+            "UNION ALL SELECT 'trigger', tgrelid::regclass::text, tgname, "
+            "pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal "
+            "ORDER BY 1, 2, 3"
+        )
+    finally:
+        await conn.close()
+    return [tuple(row) for row in rows]
+
+
 async def test_second_migrate_changes_nothing(empty_database_url: str) -> None:
-    """Running migrate twice applies everything once, then nothing."""
+    """Running migrate twice applies everything once, then nothing: the second run records
+    nothing and leaves the schema as the first made it."""
     assert await _migrate(empty_database_url) == len(available_migrations())
+    recorded, schema = await _recorded(empty_database_url), await _schema(empty_database_url)
+    assert recorded == _shipped()
+    assert any(row[:3] == ("column", "api_keys", "revoked_by") for row in schema)
     assert await _migrate(empty_database_url) == 0
+    assert await _recorded(empty_database_url) == recorded
+    assert await _schema(empty_database_url) == schema
 
 
 async def test_concurrent_migrates_both_succeed(empty_database_url: str) -> None:
     """Several pods migrating at once all succeed and the schema is applied exactly once."""
     counts = await asyncio.gather(*(_migrate(empty_database_url) for _ in range(3)))
     assert sorted(counts) == [0, 0, len(available_migrations())]
-    conn = await asyncpg.connect(empty_database_url)
-    rows = await conn.fetchval("SELECT count(*) FROM schema_migrations")
-    await conn.close()
-    assert rows == len(available_migrations())
+    assert await _recorded(empty_database_url) == _shipped()
 
 
 async def test_changed_applied_migration_is_an_error(db: Any) -> None:
@@ -56,6 +95,9 @@ async def test_changed_applied_migration_is_an_error(db: Any) -> None:
     await db.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
     with pytest.raises(MigrationError, match="changed after it was applied"):
         await migrate(db)
+    assert await db.fetchval("SELECT checksum FROM schema_migrations WHERE version = 1") == (
+        "edited"
+    )
 
 
 async def test_contract_tables_exist_with_their_columns(db: Any) -> None:
@@ -118,11 +160,16 @@ async def test_worker_role_cannot_create_delete_or_rewrite_keys(
 
 async def test_worker_role_keeps_its_own_tables(as_worker_role: Any) -> None:
     """The worker role writes membership rows and its ledger."""
-    await as_worker_role.execute(
+    membership = await as_worker_role.execute(
         "INSERT INTO account_memberships (account_id, iam_id, state, changed_at) "
         "VALUES ('a', 'u', 'removed', now())"
     )
-    await as_worker_role.execute(
+    ledger = await as_worker_role.execute(
         "INSERT INTO membership_events (source, event_id, account_id, iam_id, change, "
         "event_time, event_type) VALUES ('s', 'i', 'a', 'u', 'removed', now(), 't')"
     )
+    assert (membership, ledger) == ("INSERT 0 1", "INSERT 0 1")
+    joined = await as_worker_role.fetchval(
+        "SELECT count(*) FROM account_memberships JOIN membership_events USING (account_id, iam_id)"
+    )
+    assert joined == 1

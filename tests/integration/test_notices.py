@@ -16,13 +16,13 @@ import asyncpg
 import pytest
 
 from cleanup_worker.settings import Settings
-from tests.services import Services
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import create_topic, publisher, read_topic
-from tests.support.outages import start_dev_services, stop_dev_service
-from tests.support.processes import cli, running_worker, spawn_worker
-from tests.support.waiting import eventually
+from testkit.database import revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import create_topic, publisher, read_topic
+from testkit.outages import start_dev_services, stop_dev_service
+from testkit.processes import cli, running_worker, spawn_worker
+from testkit.services import Services
+from testkit.waiting import eventually
 
 USERS = [f"u{i}" for i in range(12)]
 OUTAGE_S = 20

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cleanup_worker.settings import Settings
-from tests.services import ROOT
-from tests.support.database import database_state, ledger_size, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher
-from tests.support.metrics import sample_total
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
+from testkit.database import database_state, ledger_size, seed_key
+from testkit.events import at, event
+from testkit.kafka import committed_offsets, end_offsets, publisher
+from testkit.metrics import sample_total
+from testkit.processes import running_worker
+from testkit.services import ROOT
+from testkit.waiting import eventually
 
 
 def events_counted(outcome: str) -> float:

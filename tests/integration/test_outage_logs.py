@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 
 from cleanup_worker.settings import Settings
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import publisher
-from tests.support.outages import start_dev_services, stop_dev_service
-from tests.support.processes import spawn_worker
-from tests.support.waiting import eventually
+from testkit.database import revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import publisher
+from testkit.outages import start_dev_services, stop_dev_service
+from testkit.processes import spawn_worker
+from testkit.waiting import eventually
 
 OUTAGE_S = 20.0
 # service.unreachable, service.reachable, a retry line for each operation that found the

@@ -19,12 +19,12 @@ import pytest
 import pytest_asyncio
 
 from cleanup_worker.settings import Settings
+from testkit.database import seed_key
+from testkit.kafka import committed_offsets, end_offsets, publisher, read_topic
+from testkit.processes import running_worker
+from testkit.waiting import eventually
 from tests.integration import producers
 from tests.integration.producers import ADDED_AT, CASES, IAM_ID, REMOVED_AT, SOURCE, Case
-from tests.support.database import seed_key
-from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
 
 OLD_KEY_AT = datetime(2026, 11, 20, tzinfo=UTC)  # before the removal: revoked by it
 NEW_KEY_AT = datetime(2026, 11, 27, tzinfo=UTC)  # after the re-add: a key of the new membership

@@ -11,17 +11,17 @@ from aiokafka import AIOKafkaProducer
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.support.database import (
+from testkit.database import (
     database_state,
     ledger_size,
     revoked_keys,
     rewrite_revocations,
     seed_key,
 )
-from tests.support.events import at, event, structured
-from tests.support.kafka import committed_offsets, end_offsets, publisher
-from tests.support.processes import cli, running_worker
-from tests.support.waiting import eventually
+from testkit.events import at, event, structured
+from testkit.kafka import committed_offsets, end_offsets, publisher
+from testkit.processes import cli, running_worker
+from testkit.waiting import eventually
 
 HOUR_MS = 3_600_000
 

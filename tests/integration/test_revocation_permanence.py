@@ -16,11 +16,11 @@ from cleanup_worker.adapters.postgres.sqlstate import (
 from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.settings import Settings
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import publisher
-from tests.support.processes import running_worker
-from tests.support.waiting import eventually
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import publisher
+from testkit.processes import running_worker
+from testkit.waiting import eventually
 
 REVOKED_BY = "event:/accounts#earlier"
 

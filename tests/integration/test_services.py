@@ -6,7 +6,7 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.services import Services
+from testkit.services import Services
 
 
 async def test_kafka_round_trip(services: Services, topics: tuple[str, str]) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 
 from structlog.testing import capture_logs
 
 from cleanup_worker.retries import Reachability, install_retry_hooks, retrying
-from tests.support.metrics import sample
+from testkit.metrics import sample
+from testkit.waiting import eventually
 
 
 class Service:
@@ -45,9 +47,15 @@ async def _retry(service: Service, reach: Reachability, operation: str = "test.o
             service.call()
 
 
+def _probed(service: Service, probes: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return service.probes >= probes
+
+    return check
+
+
 async def _bring_back_after_probes(service: Service, probes: int) -> None:
-    while service.probes < probes:
-        await asyncio.sleep(0.001)
+    await eventually(_probed(service, probes), timeout=10, interval=0.001)
     service.up = True
 
 
@@ -99,10 +107,16 @@ async def test_no_attempt_while_the_service_is_known_down() -> None:
     service = Service()
     reach = reachability(service)
     first = asyncio.create_task(_retry(service, reach))
-    while reach.reachable:
-        await asyncio.sleep(0.001)
+
+    async def lost() -> bool:
+        return not reach.reachable
+
+    await eventually(lost, timeout=10, interval=0.001)
     second = asyncio.create_task(_retry(service, reach))
-    await asyncio.sleep(0.1)
+    # Three probes later the second operation has long had its turn to try, had it not waited.
+    probes = service.probes
+    await eventually(_probed(service, probes + 3), timeout=10, interval=0.001)
+    assert not second.done()
     assert service.attempts == 1  # only the first operation's failed attempt
     service.up = True
     await asyncio.wait_for(asyncio.gather(first, second), 30)

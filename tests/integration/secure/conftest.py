@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from cleanup_worker.settings import Settings
-from tests.services import HOW_TO, ROOT, Services, dev_env
+from testkit.services import HOW_TO, ROOT, Services, dev_env
 
 SECURE = ROOT / ".dev" / "secure"
 # The test topics and groups are named with these prefixes (tests/conftest.py); the worker

@@ -14,11 +14,11 @@ from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.adapters.kafka.clients import Record
 from cleanup_worker.service.apply.classify import Failure
 from cleanup_worker.settings import Settings
+from testkit.database import revoked_keys, seed_key
+from testkit.events import at, event, structured
+from testkit.kafka import publisher
+from testkit.processes import cli
 from tests.integration.secure.conftest import TRANSPORTS, SecureServices
-from tests.support.database import revoked_keys, seed_key
-from tests.support.events import at, event, structured
-from tests.support.kafka import publisher
-from tests.support.processes import cli
 
 
 async def run_json(secured: Settings, secure: SecureServices, *args: str) -> dict[str, Any]:

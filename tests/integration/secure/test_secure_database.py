@@ -11,8 +11,8 @@ import pytest
 from pydantic import SecretStr
 
 from cleanup_worker.settings import Settings
+from testkit.processes import cli
 from tests.integration.secure.conftest import SECURE, SecureServices, secured_database_url
-from tests.support.processes import cli
 
 
 async def test_the_login_holds_only_the_worker_role_over_tls(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
 from cleanup_worker.settings import Settings
+from testkit.database import ledger_size, seed_key
+from testkit.events import at, event
+from testkit.kafka import committed_offsets, end_offsets, publisher
+from testkit.metrics import scrape
+from testkit.processes import free_port, spawn_worker
+from testkit.waiting import eventually
 from tests.integration.secure.conftest import (
     NOGRANT,
     SECURE,
@@ -26,11 +33,6 @@ from tests.integration.secure.conftest import (
     over_scram,
 )
 from tests.integration.secure.test_secure_worker import ready
-from tests.support.database import ledger_size, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher
-from tests.support.processes import free_port, spawn_worker
-from tests.support.waiting import eventually
 
 Case = Callable[[SecureServices, Settings], Settings]
 
@@ -89,6 +91,19 @@ def retries(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [line for line in lines if line["event"] == "retry.scheduled"]
 
 
+async def until_retried(port: int, times: int) -> None:
+    """Waits until the worker on `port` has counted `times` retries (its /metrics answers
+    once it has started)."""
+
+    async def retried() -> bool:
+        try:
+            return (await scrape(port)).total("cleanup_retries_total") >= times
+        except OSError:
+            return False
+
+    await eventually(retried, timeout=60, interval=0.2)
+
+
 async def stop(worker: asyncio.subprocess.Process) -> list[dict[str, Any]]:
     worker.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(worker.communicate(), timeout=30)
@@ -119,15 +134,17 @@ async def test_refused_connection_is_named_and_retried(
         CLEANUP_LOG_LEVEL="debug",
         CLEANUP_RETRY_MAX_WAIT_S="3",
     )
+    started = time.monotonic()
     try:
-        await asyncio.sleep(6)
+        await until_retried(port, 3)
         assert worker.returncode is None, "the worker exited instead of retrying"
         assert not await ready(port)
     finally:
         lines = await stop(worker)
+    elapsed = time.monotonic() - started
     scheduled = retries(lines)
-    # Backed off: a handful of attempts in 6 s, not a tight loop.
-    assert 2 <= len(scheduled) <= 10, scheduled
+    # Backed off: a handful of attempts over those seconds, not a tight loop.
+    assert 3 <= len(scheduled) <= 3 + 2 * elapsed, (elapsed, scheduled)
     assert all(cause in line["cause"] for line in scheduled), scheduled[-1]
     assert await committed_offsets(settings) == {}
     assert await db.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", key) is None
@@ -155,7 +172,7 @@ async def test_missing_dlq_acl_is_named_and_granting_it_resumes_the_worker(
     port = free_port()
     worker = await spawn_worker(over_scram(secure, plain), CLEANUP_HTTP_PORT=str(port))
     try:
-        await asyncio.sleep(6)
+        await until_retried(port, 2)  # the dead letter was refused, twice
         assert not await ready(port)
         assert await committed_offsets(plain) == {}
         grant = ("--operation", "Write", "--operation", "Describe", "--topic", dlq)
@@ -194,7 +211,7 @@ async def test_missing_group_acl_is_named_and_granting_it_lets_the_worker_join(
     port = free_port()
     worker = await spawn_worker(over_mtls(secure, plain), CLEANUP_HTTP_PORT=str(port))
     try:
-        await asyncio.sleep(5)
+        await until_retried(port, 2)  # the join was refused, twice
         assert worker.returncode is None, "the worker exited instead of retrying"
         assert not await ready(port)
         grant = ("--operation", "Read", "--group", group)

@@ -10,8 +10,8 @@ from pydantic import SecretStr
 from cleanup_worker.adapters.kafka.clients import ssl_context
 from cleanup_worker.errors import ConfigurationError
 from cleanup_worker.settings import Settings
+from testkit.processes import cli
 from tests.integration.secure.conftest import SecureServices, over_mtls
-from tests.support.processes import cli
 
 
 def test_the_broker_certificate_and_its_name_are_verified(

@@ -12,12 +12,12 @@ import pytest
 
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.settings import Settings
+from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.events import at, event
+from testkit.kafka import committed_offsets, end_offsets, publisher, read_topic
+from testkit.processes import free_port, spawn_worker
+from testkit.waiting import eventually
 from tests.integration.secure.conftest import TRANSPORTS, SecureServices
-from tests.support.database import ledger_size, revoked_keys, seed_key
-from tests.support.events import at, event
-from tests.support.kafka import committed_offsets, end_offsets, publisher, read_topic
-from tests.support.processes import free_port, spawn_worker
-from tests.support.waiting import eventually
 
 
 async def ready(port: int) -> bool:

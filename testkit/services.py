@@ -1,5 +1,5 @@
-"""Where the tests get a real PostgreSQL and a real Kafka broker (docs/design.md, "Real services in
-tests").
+"""Where the tests and the benchmarks get a real PostgreSQL and a real Kafka broker
+(docs/design.md, "Real services in tests").
 
 In order: the `CLEANUP_DATABASE_URL` / `CLEANUP_KAFKA_BOOTSTRAP_SERVERS` the caller set; else
 testcontainers when a Docker engine answers; else the project's own `scripts/dev-services`
@@ -12,12 +12,18 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from contextlib import ExitStack
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 from dotenv import dotenv_values
+
+from cleanup_worker.adapters.postgres.migrator import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 HOW_TO = (
@@ -97,3 +103,41 @@ def discover(stack: ExitStack) -> Services:
     if _docker_answers():
         return _from_testcontainers(stack)
     return _from_dev_services()
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` with its database replaced by `name`."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def service_env() -> dict[str, str]:
+    """For the benchmarks and the chaos runner: CLEANUP_DATABASE_URL and
+    CLEANUP_KAFKA_BOOTSTRAP_SERVERS from the environment, else from `.dev/env` (run
+    `scripts/dev-services up` first)."""
+    env_file = ROOT / ".dev" / "env"
+    values = dev_env(env_file) if env_file.exists() else {}
+    for key in ("CLEANUP_DATABASE_URL", "CLEANUP_KAFKA_BOOTSTRAP_SERVERS"):
+        if os.environ.get(key):
+            values[key] = os.environ[key]
+        if not values.get(key):
+            raise SystemExit(f"{key} is not set: run `scripts/dev-services up` first")
+    return values
+
+
+@asynccontextmanager
+async def scratch_database(admin_url: str, prefix: str) -> AsyncIterator[str]:
+    """A freshly migrated database that is dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = with_database(admin_url, name)
+    conn = await asyncpg.connect(url)
+    await migrate(conn)
+    await conn.close()
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

@@ -14,7 +14,7 @@ from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotA
 
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from tests.support.events import binary, structured
+from testkit.events import binary, structured
 
 
 @dataclass
@@ -73,6 +73,20 @@ async def publisher(settings: Settings) -> AsyncIterator[Publisher]:
         yield Publisher(producer, settings.kafka_topics[0])
     finally:
         await producer.stop()
+
+
+async def publish(
+    settings: Settings, events: list[MembershipEvent], *, per_s: float | None = None
+) -> None:
+    """Publishes `events` to the settings' topic: all at once, or `per_s` a second (in tens)
+    so that a fault lands while records flow."""
+    async with publisher(settings) as pub:
+        if per_s is None:
+            await pub.events(events)
+            return
+        for i in range(0, len(events), 10):
+            await pub.events(events[i : i + 10])
+            await asyncio.sleep(10 / per_s)
 
 
 async def committed_offsets(settings: Settings) -> dict[int, int]:

@@ -36,6 +36,14 @@ def event(
     )
 
 
+def removals(
+    count: int, *, account_id: str = "acct", prefix: str = "user-"
+) -> list[MembershipEvent]:
+    """A stream of removals, one member each: `prefix`0, `prefix`1, ... (every record a
+    distinct event, so the ledger counts records)."""
+    return [event("removed", account_id, f"{prefix}{i}", at(10)) for i in range(count)]
+
+
 def structured(e: MembershipEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
     body = {
         "specversion": "1.0",

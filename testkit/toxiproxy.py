@@ -23,8 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from tests.services import ROOT, dev_env
-from tests.support.processes import free_port
+from testkit.processes import free_port
+from testkit.services import ROOT, dev_env
 
 BINARY = ROOT / ".dev" / "tools" / "bin" / "toxiproxy-server"
 HOW_TO_TOXIPROXY = "toxiproxy-server is missing: run `scripts/tools install` (or `make tools`)"

@@ -42,11 +42,20 @@ class Scrape:
         wanted = set(match.items())
         return sum(v for (n, labels), v in self.samples.items() if n == name and wanted <= labels)
 
+    def buckets(self, histogram: str) -> dict[float, float]:
+        """A histogram's cumulative buckets: upper bound -> count."""
+        return {
+            float(dict(labels)["le"]): v
+            for (n, labels), v in self.samples.items()
+            if n == f"{histogram}_bucket"
+        }
 
-async def scrape(port: int, host: str = "127.0.0.1") -> Scrape:
-    """GET /metrics of a worker on `port`, parsed."""
+
+async def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> Scrape:
+    """GET /metrics of a worker on `port`, parsed. A worker that is not listening yet raises
+    OSError (aiohttp's connection errors are OSErrors)."""
     async with (
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
         session.get(f"http://{host}:{port}/metrics") as response,
     ):
         response.raise_for_status()

@@ -9,7 +9,8 @@ from typing import Any
 
 from cleanup_worker.domain.events import Member, MembershipEvent
 from cleanup_worker.domain.rules import Membership, State
-from tests.support.events import T0
+from testkit.events import T0
+from testkit.waiting import eventually
 
 
 async def seed_key(
@@ -35,9 +36,28 @@ async def revoked_keys(db: Any) -> dict[uuid.UUID, tuple[str, str]]:
     return {row["id"]: (row["revocation_reason"], row["revoked_by"]) for row in rows}
 
 
+async def key_table(db: Any) -> list[tuple[Any, ...]]:
+    """Every column of every key, in id order: to show that something changed none."""
+    rows = await db.fetch("SELECT * FROM api_keys ORDER BY id")
+    return [tuple(row.values()) for row in rows]
+
+
 async def ledger_size(db: Any) -> int:
     count: int = await db.fetchval("SELECT count(*) FROM membership_events")
     return count
+
+
+async def assert_no_offset_ahead_of_ledger(db: Any, committed: dict[int, int]) -> None:
+    """Every record below a partition's committed offset is in the ledger (for streams whose
+    every record is a distinct event): no offset was committed ahead of its transaction."""
+    for partition, offset in committed.items():
+        applied = await db.fetchval(
+            "SELECT count(*) FROM membership_events WHERE kafka_partition = $1 "
+            "AND kafka_offset < $2",
+            partition,
+            offset,
+        )
+        assert applied == offset, f"partition {partition}: {applied} of {offset} applied"
 
 
 async def database_state(db: Any) -> tuple[list[tuple[Any, ...]], dict[Member, Membership]]:
@@ -81,3 +101,26 @@ async def seed_keys_for(db: Any, events: Sequence[MembershipEvent]) -> None:
         "VALUES (gen_random_uuid(), $1, $2, 'h', $3)",
         [(e.account_id, e.iam_id, T0) for e in events],
     )
+
+
+async def lock_waiters(db: Any, table: str) -> set[int]:
+    """The backends of this database waiting for a lock in a statement that names `table`."""
+    rows = await db.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() "
+        "AND strpos(query, $1) > 0",
+        table,
+    )
+    return {row["pid"] for row in rows}
+
+
+async def until_lock_waiters(db: Any, table: str, *, timeout: float = 60.0) -> set[int]:
+    """Waits until some backend is blocked on a lock naming `table`; returns them."""
+    waiters: set[int] = set()
+
+    async def blocked() -> bool:
+        waiters.update(await lock_waiters(db, table))
+        return bool(waiters)
+
+    await eventually(blocked, timeout=timeout)
+    return waiters

@@ -6,14 +6,18 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from pydantic import SecretStr
 
-from cleanup_worker.bootstrap import run_process
+from cleanup_worker.bootstrap import backfill_job, run_process
+from cleanup_worker.service.backfill.options import BackfillRequest
+from cleanup_worker.service.backfill.summary import Summary
 from cleanup_worker.service.run.process import RunProcess
 from cleanup_worker.settings import Settings
+from testkit.waiting import eventually
 
 
 @asynccontextmanager
@@ -33,6 +37,18 @@ async def running_worker(settings: Settings) -> AsyncIterator[RunProcess]:
         await asyncio.wait_for(task, timeout=settings.shutdown_grace_s + 5)
 
 
+def backfill_settings(database_url: str) -> Settings:
+    """Settings for a backfill in this process on `database_url` (it needs no broker)."""
+    return Settings(database_url=SecretStr(database_url), log_format="json", retry_max_wait_s=0.5)
+
+
+async def run_backfill(database_url: str, **request: Any) -> Summary:
+    """A backfill in this process that executes, with no --max-fraction brake unless the
+    request sets one (small data sets are mostly orphaned)."""
+    options = {"execute": True, "max_fraction": 1.0, **request}
+    return await backfill_job(backfill_settings(database_url), BackfillRequest(**options)).run()
+
+
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a `cleanup-worker` subprocess needs to act like `settings`."""
     env = {
@@ -45,7 +61,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CLEANUP_HTTP_PORT": "0",
         "CLEANUP_HTTP_HOST": "127.0.0.1",
         "CLEANUP_LOG_FORMAT": "json",
-        "CLEANUP_RETRY_MAX_WAIT_S": "0.5",
+        "CLEANUP_RETRY_MAX_WAIT_S": str(settings.retry_max_wait_s),
     }
     if settings.revocations_topic:
         env["CLEANUP_REVOCATIONS_TOPIC"] = settings.revocations_topic
@@ -113,6 +129,23 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+async def until_ready(ports: Sequence[int], *, timeout: float = 120.0) -> None:
+    """Waits until every worker on `ports` answers /readyz 200 in the same round: each one
+    holds partitions (their group has formed) and its services answer."""
+
+    async def all_ready() -> bool:
+        for port in ports:
+            try:
+                status, _ = await http_get(port, "/readyz")
+            except OSError:  # not listening yet
+                return False
+            if status != 200:
+                return False
+        return True
+
+    await eventually(all_ready, timeout=timeout, interval=0.2)
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.services import ROOT
+from testkit.services import ROOT
 
 # PostgreSQL stops at once on SIGINT (fast shutdown); the broker shuts down cleanly on SIGTERM.
 _STOP_SIGNALS = {"postgres": signal.SIGINT, "kafka": signal.SIGTERM}

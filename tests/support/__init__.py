@@ -1,2 +1,0 @@
-"""What the tests share, one module per concern: events, kafka, database, processes, waiting,
-metrics."""
