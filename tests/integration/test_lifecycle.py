@@ -51,10 +51,7 @@ async def test_sigterm_mid_stream_drains_and_exits_zero(settings: Settings, db: 
     await publish(settings, events)
     worker = await spawn_worker(settings, CLEANUP_BATCH_MAX_RECORDS="100")
 
-    async def started() -> bool:
-        return await ledger_size(db) > 0
-
-    await eventually(started, timeout=60)
+    await eventually(lambda: _applied_some(db), timeout=60)
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(worker.communicate(), timeout=settings.shutdown_grace_s)
