@@ -3,6 +3,11 @@
 fetch (getmany) -> parse -> BatchHandler.apply (one transaction) -> commit offsets of the
 partitions still owned. An offset is committed only after the transaction that applied it,
 and every batch before it, committed.
+
+The offset committed is the consumer's position after the fetch, not the last record's
+offset + 1: read_committed skips transaction markers and aborted batches without returning
+them, and a group whose committed offset stopped short of a commit marker would never look
+caught up (lag 1 for ever, R6 waiting for ever on a quiet topic).
 """
 
 from __future__ import annotations
@@ -35,20 +40,34 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._worker.drain_in_flight()
+        self._worker.forget(revoked)
         self._worker.health.partitions_revoked()
         log.info("kafka.partitions.revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._worker.learn_committed(assigned)
         self._worker.health.partitions_assigned(len(self._worker.consumer.assignment()))
         log.info("kafka.partitions.assigned", partitions=len(assigned))
 
 
+# How often, at most, the positions of partitions that returned no records are looked at
+# (they move past transaction markers without a record to show for it).
+_MARKER_SCAN_IDLE_S = 0.2
+_MARKER_SCAN_BUSY_S = 1.0
+
+
 @dataclass
 class _InFlight:
-    applying: asyncio.Task[BatchOutcome]
+    applying: asyncio.Future[BatchOutcome]
     offsets: dict[TopicPartition, int]
     records: int
     started: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    offsets: dict[TopicPartition, int]  # to commit once this fetch's records are applied
+    records: int
 
 
 class Worker:
@@ -88,6 +107,8 @@ class Worker:
         self._committing = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.batches = 0
+        self._queued: dict[TopicPartition, int] = {}  # the offset last queued for commit
+        self._scanned_at = 0.0
 
     async def start(self) -> None:
         """Joins the group, retrying while the broker is unreachable or refuses (a missing
@@ -131,13 +152,15 @@ class Worker:
                 if self._stopping.is_set():
                     break  # fetched but not applied: not committed, so redelivered
                 fetching = asyncio.create_task(self._fetch())
-                if fetched:
+                if fetched.records:
                     # Batches run side by side only while we are behind (full fetches). At a
                     # trickle, one at a time lets records pile into the next batch instead of
                     # a transaction (and an fsync) each.
-                    behind = sum(len(b) for b in fetched.values()) >= self._max_records // 2
+                    behind = fetched.records >= self._max_records // 2
                     allowed = self._max_in_flight if behind else 1
                     await self._commit_in_order(wait_for_oldest=len(self._in_flight) - allowed + 1)
+                    self._start_batch(fetched, parsed)
+                elif fetched.offsets:  # markers only: committed behind the batches before
                     self._start_batch(fetched, parsed)
                 await self._commit_in_order(wait_for_oldest=0)
             await self._commit_in_order(wait_for_oldest=None)
@@ -151,20 +174,66 @@ class Worker:
             # return_exceptions keeps the original error the one that propagates.
             await asyncio.gather(fetching, *leftovers, return_exceptions=True)
 
-    async def _fetch(self) -> tuple[Fetched, ParsedBatch]:
+    async def _fetch(self) -> tuple[_Fetch, ParsedBatch]:
         fetched = await self.consumer.getmany(
             timeout_ms=self._wait_ms, max_records=self._max_records
         )
+        # The positions are read now, before anything else can fetch: every record before
+        # them is in this fetch or an earlier one.
+        offsets = self._positions(fetched)
         self.health.polled()
         records = [Record.from_consumer_record(r) for batch in fetched.values() for r in batch]
-        return fetched, self._handler.parse(records)
+        return _Fetch(offsets, len(records)), self._handler.parse(records)
 
-    def _start_batch(self, fetched: Fetched, parsed: ParsedBatch) -> None:
+    def _positions(self, fetched: Fetched) -> dict[TopicPartition, int]:
+        position = self.consumer.consumed_position
+        offsets: dict[TopicPartition, int] = {}
+        for tp, batch in fetched.items():
+            if batch:
+                found = position(tp)
+                offsets[tp] = batch[-1].offset + 1 if found is None else found
+        now = time.monotonic()
+        if now - self._scanned_at >= (_MARKER_SCAN_BUSY_S if fetched else _MARKER_SCAN_IDLE_S):
+            self._scanned_at = now
+            for tp in self.consumer.assignment():
+                found, queued = position(tp), self._queued.get(tp)
+                if tp in offsets or found is None or queued is None:
+                    continue
+                if found > queued:
+                    offsets[tp] = found
+        self._queued.update(offsets)
+        return offsets
+
+    async def learn_committed(self, partitions: list[TopicPartition]) -> None:
+        """Where the group stands in newly assigned partitions: a position past that (and
+        past records, only markers) is worth committing. Without it (the question failed),
+        a partition's markers are committed with its next record."""
+        try:
+            committed = await self.consumer.committed_offsets(partitions)
+        except KafkaError as exc:
+            log.warning("offsets.committed_unknown", error=type(exc).__name__)
+            return
+        for tp in partitions:
+            self._queued[tp] = committed.get(tp, 0)
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        """Partitions that moved away: whoever owns them next commits their markers."""
+        for tp in partitions:
+            self._queued.pop(tp, None)
+
+    def _start_batch(self, fetched: _Fetch, parsed: ParsedBatch) -> None:
+        if fetched.records:
+            applying: asyncio.Future[BatchOutcome] = asyncio.create_task(
+                self._handler.apply(parsed)
+            )
+        else:
+            applying = asyncio.get_running_loop().create_future()
+            applying.set_result(BatchOutcome())
         self._in_flight.append(
             _InFlight(
-                applying=asyncio.create_task(self._handler.apply(parsed)),
-                offsets={tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch},
-                records=sum(len(batch) for batch in fetched.values()),
+                applying=applying,
+                offsets=fetched.offsets,
+                records=fetched.records,
                 started=time.perf_counter(),
             )
         )
@@ -190,10 +259,11 @@ class Worker:
                 self._observe(batch, outcome)
 
     def _observe(self, batch: _InFlight, outcome: BatchOutcome) -> None:
-        self.batches += 1
         elapsed = time.perf_counter() - batch.started
-        metrics.BATCH_DURATION.observe(elapsed)
-        metrics.BATCH_SIZE.observe(batch.records)
+        if batch.records:
+            self.batches += 1
+            metrics.BATCH_DURATION.observe(elapsed)
+            metrics.BATCH_SIZE.observe(batch.records)
         owned = self.consumer.assignment()
         for tp, offset in batch.offsets.items():
             if tp not in owned:  # moved to another member meanwhile: its lag is theirs to report
@@ -203,9 +273,11 @@ class Worker:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                     max(0, highwater - offset)
                 )
-        log.info(
-            "batch.done", records=batch.records, ms=round(elapsed * 1000, 1), **outcome.counts()
-        )
+        if batch.records:
+            log.info(
+                "batch.done", records=batch.records, ms=round(elapsed * 1000, 1),
+                **outcome.counts(),
+            )  # fmt: skip
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         owned = self.consumer.assignment()
