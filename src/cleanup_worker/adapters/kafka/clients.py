@@ -131,7 +131,7 @@ class Record:
     topic: str
     partition: int
     offset: int
-    timestamp_ms: int
+    timestamp_ms: int | None  # None: the producer gave none (-1 on the wire)
     key: bytes | None
     value: bytes | None
     headers: tuple[Header, ...]

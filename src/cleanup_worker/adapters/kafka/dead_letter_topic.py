@@ -53,7 +53,7 @@ def provenance_headers(record: Record, group: str, failure: Failure) -> list[tup
         H_TOPIC: record.topic,
         H_PARTITION: str(record.partition),
         H_OFFSET: str(record.offset),
-        H_TIMESTAMP: str(record.timestamp_ms),
+        H_TIMESTAMP: str(-1 if record.timestamp_ms is None else record.timestamp_ms),
         H_GROUP: group,
         H_ERROR_CLASS: failure.error_class,
         H_ERROR_MESSAGE: failure.message[:1000],
