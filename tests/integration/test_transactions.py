@@ -5,9 +5,6 @@ left open holding R6 back, as it must (a re-add may be inside it)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -20,19 +17,8 @@ from tests.support.events import at, event, structured
 from tests.support.kafka import all_committed, committed_offsets, end_offsets, publisher
 from tests.support.metrics import sample
 from tests.support.processes import running_worker
+from tests.support.transactions import transactional
 from tests.support.waiting import eventually
-
-
-@asynccontextmanager
-async def transactional(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.require_kafka(), transactional_id=f"t-{uuid.uuid4().hex}"
-    )
-    await producer.start()
-    try:
-        yield producer
-    finally:
-        await producer.stop()
 
 
 async def send(producer: AIOKafkaProducer, topic: str, events: list[MembershipEvent]) -> None:
