@@ -5,6 +5,7 @@ left open holding R6 back, as it must (a re-add may be inside it)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -16,7 +17,7 @@ from tests.support.database import ledger_size, revoked_keys, seed_key
 from tests.support.events import at, event, structured
 from tests.support.kafka import all_committed, committed_offsets, end_offsets, publisher
 from tests.support.metrics import sample
-from tests.support.processes import running_worker
+from tests.support.processes import cli, running_worker
 from tests.support.transactions import transactional
 from tests.support.waiting import eventually
 
@@ -72,6 +73,15 @@ async def test_committed_applied_aborted_never_and_the_markers_are_passed(
         keys["b"]: ("member_removed", removals["b"].ref),
         late: ("orphaned", removals["a"].ref),
     }
+    # A replay window whose last entries are markers ends there: both removals read again
+    # (duplicates), the aborted one not at all; `dlq list` reads an empty topic to its end.
+    code, out, err = await cli(settings, "replay", "--from", "earliest", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["duplicate"], report["applied"], report["malformed"]) == (2, 0, 0)
+    code, out, err = await cli(settings, "dlq", "list", "--json")
+    assert code == 0, err
+    assert json.loads(out)["dead_letters"] == 0
 
 
 async def test_an_open_transaction_holds_r6_until_it_ends(settings: Settings, db: Any) -> None:

@@ -105,3 +105,17 @@ def test_a_crc_mismatch_is_fetched_again_then_salvaged() -> None:
     assert isinstance(record, UnreadableConsumerRecord)
     assert record.value == b"1"
     assert "CRC" in record.problem
+
+
+def test_a_batch_salvage_cannot_find_is_one_unreadable_entry_and_the_reading_goes_on() -> None:
+    """Whatever goes wrong in the salvage itself, the partition moves past the batch."""
+    first = batch([RawRecord(b"a", b"1", [(BAD, b"x")]), RawRecord(b"b", b"2")])
+    kept = _KeptRecords(first)
+    kept.raw = b""  # the fetched bytes lost: salvage has nothing to read
+    records = list(
+        _SalvagingPartitionRecords(TP, kept, [], 0, None, None, True, fetcher.READ_COMMITTED)
+    )
+    [entry] = records
+    assert isinstance(entry, UnreadableConsumerRecord)
+    assert entry.offset == 0
+    assert "offsets 0..1 not recovered" in entry.problem

@@ -124,12 +124,13 @@ class _SalvagingPartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc
             offsets=f"{max(first, batch.base_offset)}..{batch.next_offset - 1}",
             error=reason[:300],
         )
-        if raw is None:
-            found: Iterator[Salvaged] = iter(
-                [Salvaged(first, None, 0, None, None, (), f"batch bytes not found ({reason})")]
-            )
-        else:
-            found = salvage(raw, from_offset=first, reason=reason)
+        try:  # salvage is ours, but a bug in it must not stop the partition either
+            if raw is None or raw[16] != 2:  # not found, or not the v2 format (magic byte)
+                raise ValueError("batch bytes not found or not in the v2 format")
+            found = list(salvage(raw, from_offset=first, reason=reason))
+        except Exception as exc:  # noqa: BLE001 - the batch is unreadable, whatever the cause
+            lost = f"offsets {first}..{batch.next_offset - 1} not recovered: {exc} ({reason})"
+            found = [Salvaged(first, None, 0, None, raw, (), lost)]
         for item in found:
             problem = item.problem or (reason if unreadable else None)
             self.next_fetch_offset = item.offset + 1
