@@ -4,10 +4,8 @@ fetch (getmany) -> parse -> BatchHandler.apply (one transaction) -> commit offse
 partitions still owned. An offset is committed only after the transaction that applied it,
 and every batch before it, committed.
 
-The offset committed is the consumer's position after the fetch, not the last record's
-offset + 1: read_committed skips transaction markers and aborted batches without returning
-them, and a group whose committed offset stopped short of a commit marker would never look
-caught up (lag 1 for ever, R6 waiting for ever on a quiet topic).
+The offset committed is the consumer's position after the fetch, past transaction markers
+(positions.py).
 """
 
 from __future__ import annotations
@@ -22,12 +20,13 @@ from dataclasses import dataclass
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from cleanup_worker.adapters.kafka.clients import Fetched, GroupConsumer, Record
+from cleanup_worker.adapters.kafka.clients import GroupConsumer, Record
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import retrying
 from cleanup_worker.service.apply.handler import BatchHandler, BatchOutcome, ParsedBatch
+from cleanup_worker.service.run.positions import CommitPositions
 
 log = get_logger(__name__)
 
@@ -40,20 +39,14 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._worker.drain_in_flight()
-        self._worker.forget(revoked)
+        self._worker.positions.forget(revoked)
         self._worker.health.partitions_revoked()
         log.info("kafka.partitions.revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._worker.learn_committed(assigned)
+        await self._worker.positions.learn(self._worker.consumer, assigned)
         self._worker.health.partitions_assigned(len(self._worker.consumer.assignment()))
         log.info("kafka.partitions.assigned", partitions=len(assigned))
-
-
-# How often, at most, the positions of partitions that returned no records are looked at
-# (they move past transaction markers without a record to show for it).
-_MARKER_SCAN_IDLE_S = 0.2
-_MARKER_SCAN_BUSY_S = 1.0
 
 
 @dataclass
@@ -107,8 +100,7 @@ class Worker:
         self._committing = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.batches = 0
-        self._queued: dict[TopicPartition, int] = {}  # the offset last queued for commit
-        self._scanned_at = 0.0
+        self.positions = CommitPositions()
 
     async def start(self) -> None:
         """Joins the group, retrying while the broker is unreachable or refuses (a missing
@@ -180,46 +172,10 @@ class Worker:
         )
         # The positions are read now, before anything else can fetch: every record before
         # them is in this fetch or an earlier one.
-        offsets = self._positions(fetched)
+        offsets = self.positions.after_fetch(self.consumer, fetched)
         self.health.polled()
         records = [Record.from_consumer_record(r) for batch in fetched.values() for r in batch]
         return _Fetch(offsets, len(records)), self._handler.parse(records)
-
-    def _positions(self, fetched: Fetched) -> dict[TopicPartition, int]:
-        position = self.consumer.consumed_position
-        offsets: dict[TopicPartition, int] = {}
-        for tp, batch in fetched.items():
-            if batch:
-                found = position(tp)
-                offsets[tp] = batch[-1].offset + 1 if found is None else found
-        now = time.monotonic()
-        if now - self._scanned_at >= (_MARKER_SCAN_BUSY_S if fetched else _MARKER_SCAN_IDLE_S):
-            self._scanned_at = now
-            for tp in self.consumer.assignment():
-                found, queued = position(tp), self._queued.get(tp)
-                if tp in offsets or found is None or queued is None:
-                    continue
-                if found > queued:
-                    offsets[tp] = found
-        self._queued.update(offsets)
-        return offsets
-
-    async def learn_committed(self, partitions: list[TopicPartition]) -> None:
-        """Where the group stands in newly assigned partitions: a position past that (and
-        past records, only markers) is worth committing. Without it (the question failed),
-        a partition's markers are committed with its next record."""
-        try:
-            committed = await self.consumer.committed_offsets(partitions)
-        except KafkaError as exc:
-            log.warning("offsets.committed_unknown", error=type(exc).__name__)
-            return
-        for tp in partitions:
-            self._queued[tp] = committed.get(tp, 0)
-
-    def forget(self, partitions: list[TopicPartition]) -> None:
-        """Partitions that moved away: whoever owns them next commits their markers."""
-        for tp in partitions:
-            self._queued.pop(tp, None)
 
     def _start_batch(self, fetched: _Fetch, parsed: ParsedBatch) -> None:
         if fetched.records:
