@@ -58,14 +58,15 @@ unit: install tools
 test: install services tools check producers
 	$(BIN)/pytest
 
-# The hostile-record test, longer than CI runs it: `make fuzz RUNS=20 RECORDS=5000`, or one
-# run again with `make fuzz SEED=<printed seed> RUNS=1 RECORDS=<as printed>`.
+# The hostile-record tests (records built by clients, and byte by byte), longer than CI
+# runs them: `make fuzz RUNS=20 RECORDS=5000`, or one run again with `make fuzz SEED=<printed seed> RUNS=1 RECORDS=<as printed>`.
 SEED ?=
 RECORDS ?= 5000
 RUNS ?= 10
 fuzz: install services
 	CLEANUP_FUZZ_SEED=$(SEED) CLEANUP_FUZZ_RECORDS=$(RECORDS) CLEANUP_FUZZ_RUNS=$(RUNS) \
-		$(BIN)/pytest tests/integration/test_hostile_records.py -rA
+		$(BIN)/pytest tests/integration/test_hostile_records.py \
+		tests/integration/test_wire_records.py -rA
 
 # A randomized chaos run checked against the oracle (tests/chaos/, docs/reliability.md):
 # SEED empty picks a fresh seed and prints it, so a failure can be rerun.

@@ -146,7 +146,10 @@ async def late_key_sweeper(
     """The late-key sweep, with R6's clients to the brokers (started) unless R6 is off."""
     progress = None
     if settings.late_keys == "revoke":
-        consumer = kafka.standalone_consumer(settings)
+        # read_uncommitted: the end of a partition is then its high-water mark, not its last
+        # stable offset, so a transaction left open (a re-add inside it, perhaps) holds R6
+        # back instead of counting as consumed (group_progress.py).
+        consumer = kafka.standalone_consumer(settings, isolation_level="read_uncommitted")
         admin = AIOKafkaAdminClient(**kafka.client_options(settings))
         for name, client in (("consumer", consumer), ("admin", admin)):
             async for attempt in retrying(

@@ -44,14 +44,6 @@ class Produced:
     markers: int = 0  # transaction markers: offsets that hold no record
     refused: list[str] = field(default_factory=list)
 
-    def last_offsets(self) -> dict[int, int]:
-        """Per partition, the offset after its last visible record: where the group's
-        committed offset ends (a marker or an aborted record after it is never delivered)."""
-        ends: dict[int, int] = {}
-        for partition, offset in self.sent:
-            ends[partition] = max(ends.get(partition, 0), offset + 1)
-        return ends
-
 
 async def _transactions(
     client: AIOKafkaProducer, topic: str, shots: list[tuple[Shot, int]], rng: random.Random

@@ -44,6 +44,7 @@ class Case:
     datacontenttype: str | None  # the event's attribute, as its producer is given it
     headers: frozenset[str]  # every header name the record carries
     content_type: str | None  # the record's content-type header, None: absent
+    transaction: str = ""  # "" | committed | aborted: each record in a transaction of its own
 
     @property
     def account_id(self) -> str:
@@ -84,15 +85,20 @@ def _case(
     datacontenttype: str | None,
     content_type: str | None,
     extra: frozenset[str] = frozenset(),
+    transaction: str = "",
 ) -> Case:
     headers = set(BINARY_HEADERS if mode == "binary" else ()) | set(extra)
     if content_type is not None:
         headers.add("content-type")
-    return Case(name, producer, mode, binding, datacontenttype, frozenset(headers), content_type)
+    return Case(
+        name, producer, mode, binding, datacontenttype, frozenset(headers), content_type,
+        transaction,
+    )  # fmt: skip
 
 
 PK = frozenset({"ce_partitionkey"})  # the partitionkey extension as a binary-mode attribute
 PY1, PY2, JAVA, CONSOLE = "python-sdk1", "python-sdk2", "java-sdk", "console-producer"
+AIOKAFKA_TXN = "aiokafka-txn"  # the SDK 2.x makes the messages, aiokafka sends in transactions
 BIN, STR = "binary", "structured"
 CASES = [
     # name, producer, mode, SDK binding, the event's datacontenttype, content-type header, ...
@@ -114,6 +120,15 @@ CASES = [
     _case("java-binary-nodct", JAVA, BIN, "", None, None, PK),
     _case("java-structured", JAVA, STR, "", JSON, CE_JSON),
     _case("java-structured-nodct", JAVA, STR, "", None, CE_JSON),
+    # Transactional producers (docs/events.md, Transactions): committed applied, aborted never.
+    _case("java-binary-txn", JAVA, BIN, "", JSON, JSON, PK, transaction="committed"),
+    _case("java-structured-txn", JAVA, STR, "", JSON, CE_JSON, transaction="committed"),
+    _case("java-binary-aborted", JAVA, BIN, "", JSON, JSON, PK, transaction="aborted"),
+    _case("aiokafka-txn-binary", AIOKAFKA_TXN, BIN, "core", JSON, JSON, PK, "committed"),
+    _case(
+        "aiokafka-txn-structured", AIOKAFKA_TXN, STR, "core", JSON, CE_JSON, transaction="committed"
+    ),
+    _case("aiokafka-txn-aborted", AIOKAFKA_TXN, BIN, "core", JSON, JSON, PK, "aborted"),
     _case("kcat-binary", "kcat", BIN, "", JSON, JSON),
     _case("kcat-structured", "kcat", STR, "", JSON, CE_JSON),
     _case("kcat-structured-noheaders", "kcat", STR, "", None, None),
@@ -164,26 +179,34 @@ def _lines(cases: Iterable[Case]) -> str:
 
 
 async def python_sdk(producer: AIOKafkaProducer, topic: str, sdk: str, cases: list[Case]) -> None:
-    """The SDK makes each message (it has no Kafka client); aiokafka sends it as made."""
+    """The SDK makes each message (it has no Kafka client); aiokafka sends it as made, and
+    when the case says so, in a transaction of its own (`producer` has a transactional_id)."""
     env = {**os.environ, "PYTHONPATH": str(TOOLS / sdk)}
     script = str(ROOT / "tests" / "producers" / "python_sdk.py")
     out = await _run([sys.executable, script], _lines(cases), env)
-    for line in out.splitlines():
+    transactions = [case.transaction for case in cases for _ in case.events()]
+    for line, transaction in zip(out.splitlines(), transactions, strict=True):
         message = json.loads(line)
         headers = [(name, base64.b64decode(value)) for name, value in message["headers"]]
+        if transaction:
+            await producer.begin_transaction()
         await producer.send_and_wait(
             topic,
             value=base64.b64decode(message["value"]),
             key=message["key"].encode(),
             headers=headers,
         )
+        if transaction == "committed":
+            await producer.commit_transaction()
+        elif transaction == "aborted":
+            await producer.abort_transaction()
 
 
 async def java_sdk(bootstrap: str, topic: str, cases: list[Case]) -> None:
     """One JVM sends every Java case: a KafkaProducer with the SDK's CloudEventSerializer."""
     java = (await _run([str(ROOT / "scripts" / "kafka"), "--java"], "")).strip()
     lines = "".join(
-        json.dumps({**spec, "encoding": case.mode.upper()}) + "\n"
+        json.dumps({**spec, "encoding": case.mode.upper(), "transaction": case.transaction}) + "\n"
         for case in cases
         for spec in case.events()
     )

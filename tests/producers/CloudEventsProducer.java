@@ -5,7 +5,9 @@
 //   java -cp '.dev/producers/java/*' tests/producers/CloudEventsProducer.java BOOTSTRAP TOPIC < events
 //
 // stdin: one JSON object per line, {"encoding": "BINARY" | "STRUCTURED", "key", "id", "source",
-// "type", "time", "datacontenttype" (optional), "data"}. All records go out from one JVM, because
+// "type", "time", "datacontenttype" (optional), "data", "transaction" (optional: "committed" or
+// "aborted": the record is sent in a transaction of its own, by a producer with a
+// transactional.id, which then commits or aborts it)}. All records go out from one JVM, because
 // its start is what costs.
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
@@ -22,6 +24,7 @@ import java.time.OffsetDateTime;
 import java.util.EnumMap;
 import java.util.Map;
 import java.util.Properties;
+import java.util.UUID;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
@@ -34,8 +37,14 @@ public class CloudEventsProducer {
         ObjectMapper mapper = new ObjectMapper();
         // The encoding is a serializer setting, so each mode needs a producer of its own.
         Map<Encoding, KafkaProducer<String, CloudEvent>> producers = new EnumMap<>(Encoding.class);
+        Map<Encoding, KafkaProducer<String, CloudEvent>> transactional =
+                new EnumMap<>(Encoding.class);
         for (Encoding encoding : new Encoding[] {Encoding.BINARY, Encoding.STRUCTURED}) {
-            producers.put(encoding, producer(bootstrap, encoding));
+            producers.put(encoding, producer(bootstrap, encoding, null));
+            KafkaProducer<String, CloudEvent> inTransactions =
+                    producer(bootstrap, encoding, "cleanup-test-" + UUID.randomUUID());
+            inTransactions.initTransactions();
+            transactional.put(encoding, inTransactions);
         }
         try (BufferedReader in = new BufferedReader(
                 new InputStreamReader(System.in, StandardCharsets.UTF_8))) {
@@ -48,18 +57,37 @@ public class CloudEventsProducer {
                 Encoding encoding = Encoding.valueOf(spec.get("encoding").asText());
                 ProducerRecord<String, CloudEvent> record =
                         new ProducerRecord<>(topic, spec.get("key").asText(), event(spec, mapper));
-                // get(): a failed send must fail the test, not vanish in a callback.
-                producers.get(encoding).send(record).get();
+                JsonNode transaction = spec.get("transaction");
+                if (transaction == null || transaction.asText().isEmpty()) {
+                    // get(): a failed send must fail the test, not vanish in a callback.
+                    producers.get(encoding).send(record).get();
+                    continue;
+                }
+                KafkaProducer<String, CloudEvent> producer = transactional.get(encoding);
+                producer.beginTransaction();
+                producer.send(record).get();
+                if (transaction.asText().equals("committed")) {
+                    producer.commitTransaction();
+                } else {
+                    producer.abortTransaction();
+                }
             }
         } finally {
             for (KafkaProducer<String, CloudEvent> producer : producers.values()) {
                 producer.close();
             }
+            for (KafkaProducer<String, CloudEvent> producer : transactional.values()) {
+                producer.close();
+            }
         }
     }
 
-    static KafkaProducer<String, CloudEvent> producer(String bootstrap, Encoding encoding) {
+    static KafkaProducer<String, CloudEvent> producer(
+            String bootstrap, Encoding encoding, String transactionalId) {
         Properties props = new Properties();
+        if (transactionalId != null) {
+            props.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, transactionalId);
+        }
         props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(ProducerConfig.ACKS_CONFIG, "all");
         props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class);

@@ -17,6 +17,7 @@ from aiokafka import (
 )
 from aiokafka.helpers import create_ssl_context
 
+from cleanup_worker.adapters.kafka import record_reader
 from cleanup_worker.domain.events import Origin
 from cleanup_worker.errors import ConfigurationError
 from cleanup_worker.logging import get_logger
@@ -54,6 +55,12 @@ class GroupConsumer(_Client, Protocol):
     def highwater(self, partition: TopicPartition) -> int | None: ...
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    def consumed_position(self, partition: TopicPartition) -> int | None: ...
+
+    async def committed_offsets(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, int]: ...
 
     async def end_offsets(
         self, partitions: Sequence[TopicPartition]
@@ -125,10 +132,13 @@ class Record:
     topic: str
     partition: int
     offset: int
-    timestamp_ms: int
+    timestamp_ms: int | None  # None: the producer gave none (-1 on the wire)
     key: bytes | None
     value: bytes | None
     headers: tuple[Header, ...]
+    # Set when the client library could not decode the record: what could not be recovered
+    # (header names that are not UTF-8 then keep their bytes through `surrogateescape`).
+    unreadable: str | None = None
 
     @property
     def origin(self) -> Origin:
@@ -144,6 +154,9 @@ class Record:
             key=record.key,
             value=record.value,
             headers=tuple(record.headers or ()),
+            unreadable=record.problem
+            if isinstance(record, record_reader.UnreadableConsumerRecord)
+            else None,
         )
 
 
@@ -198,8 +211,35 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class _PositionedConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+    def consumed_position(self, partition: TopicPartition) -> int | None:
+        """Where the next fetch of `partition` starts, without I/O: past the last record
+        `getmany` returned and past the control markers and aborted batches it skipped
+        (read_committed), or None when not known (not assigned, or no position yet).
+
+        aiokafka's async `position()` says the same, but waits for a position it lacks; this
+        reads the state it reads (pinned with aiokafka, see record_reader.py).
+        """
+        subscription = self._subscription.subscription
+        if subscription is None:
+            return None
+        state = subscription.assignment.state_value(partition)
+        if state is None or not state.has_valid_position:
+            return None
+        position: int = state.position
+        return position
+
+    async def committed_offsets(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The group's committed offsets (one request for all; `committed()` asks one by one)."""
+        found = await self._coordinator.fetch_committed_offsets(list(partitions))
+        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+
 def group_consumer(settings: Settings, **overrides: Any) -> GroupConsumer:
     """The live group's consumer. Offsets are committed by hand, after the database commit."""
+    record_reader.install()
     options = {
         **client_options(settings),
         "group_id": settings.kafka_group_id,
@@ -211,12 +251,13 @@ def group_consumer(settings: Settings, **overrides: Any) -> GroupConsumer:
         "isolation_level": "read_committed",
         **overrides,
     }
-    consumer: GroupConsumer = AIOKafkaConsumer(**options)
+    consumer: GroupConsumer = _PositionedConsumer(**options)
     return consumer
 
 
 def standalone_consumer(settings: Settings, **overrides: Any) -> PartitionReader:
     """A consumer outside any group (manual assignment), for replay and dead-letter reads."""
+    record_reader.install()
     options = {
         **client_options(settings),
         "group_id": None,

@@ -29,6 +29,11 @@ H_VERSION = "dlq.worker.version"
 H_FAILED_AT = "dlq.failed.at"
 H_VALUE_DROPPED = "dlq.value.dropped"  # bytes of a value too large to forward
 H_KEY_DROPPED = "dlq.key.dropped"  # bytes of a key too large to forward
+# A header of the original whose name is not UTF-8 (Kafka's clients could not write it again):
+# this prefix, then the name's bytes in hex; the value is the original value.
+H_HEADER_HEX = "dlq.original.header-hex."
+# The error class of a record the client library could not decode (adapters/kafka/salvage.py).
+UNREADABLE = "UnreadableRecord"
 PROVENANCE_HEADERS = frozenset(
     {H_TOPIC, H_PARTITION, H_OFFSET, H_TIMESTAMP, H_KEY, H_GROUP, H_ERROR_CLASS,
      H_ERROR_MESSAGE, H_VERSION, H_FAILED_AT, H_VALUE_DROPPED, H_KEY_DROPPED}
@@ -51,7 +56,7 @@ def provenance_headers(record: Record, group: str, failure: Failure) -> list[tup
         H_TOPIC: record.topic,
         H_PARTITION: str(record.partition),
         H_OFFSET: str(record.offset),
-        H_TIMESTAMP: str(record.timestamp_ms),
+        H_TIMESTAMP: str(-1 if record.timestamp_ms is None else record.timestamp_ms),
         H_GROUP: group,
         H_ERROR_CLASS: failure.error_class,
         H_ERROR_MESSAGE: failure.message[:1000],
@@ -83,7 +88,8 @@ def letter_forms(record: Record, group: str, failure: Failure) -> list[tuple[str
     original); then the value with the record's own headers, their sizes noted; then the
     key. The last form is provenance alone, which always fits.
     """
-    own = [(name, value) for name, value in record.headers if name not in PROVENANCE_HEADERS]
+    own = [(_sendable(name), value) for name, value in record.headers
+           if name not in PROVENANCE_HEADERS]  # fmt: skip
     provenance = provenance_headers(record, group, failure)
     no_copy = [(name, value) for name, value in provenance if name != H_KEY]
     value_size = (H_VALUE_DROPPED, b"%d" % len(record.value or b""))
@@ -100,6 +106,14 @@ def letter_forms(record: Record, group: str, failure: Failure) -> list[tuple[str
         ("value, key copy", (record.key, b"", [*no_copy, value_size])),
         ("value, key", (None, b"", [*no_copy, value_size, key_size])),
     ]
+
+
+def _sendable(name: str) -> str:
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # kept byte for byte by the reader (surrogateescape)
+        return H_HEADER_HEX + name.encode("utf-8", "surrogateescape").hex()
+    return name
 
 
 def _worth_retrying(exc: Exception) -> bool:

@@ -6,6 +6,12 @@ topics, the group's committed offset is at or past the first record whose timest
 or later (Kafka's offsets-for-times), or at the end when there is none. Committed offsets
 are the right measure: the worker commits an offset only after the transaction that
 applied the record committed. The whole group is asked, not this replica's partitions.
+
+Transactions (docs/events.md): the worker commits its position, which read_committed moves
+past commit and abort markers, so a partition whose last entries are markers counts as
+consumed. The brokers are asked with read_uncommitted, so the end is the high-water mark: a
+transaction still open ends the group's progress at its first record (the last stable
+offset), below that mark, and R6 waits until it is committed or aborted.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ class GroupProgress:
     """Asks the brokers about one consumer group. The clients are started by the caller."""
 
     def __init__(self, consumer: Any, admin: Any, group_id: str, topics: Sequence[str]) -> None:
-        self._consumer = consumer  # a standalone consumer (no group), read_committed
+        self._consumer = consumer  # a standalone consumer (no group), read_uncommitted
         self._admin = admin
         self._group_id = group_id
         self._topics = list(topics)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from cleanup_worker.adapters.cloudevents.binding import parse_record
 from cleanup_worker.adapters.kafka.clients import Record
+from cleanup_worker.adapters.kafka.dead_letter_topic import UNREADABLE
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import beyond_clock_skew
 from cleanup_worker.errors import MalformedEvent
@@ -52,6 +53,8 @@ class RecordClassifier:
     clock: Callable[[], float] = time.time
 
     def __call__(self, record: Record) -> Classified:
+        if record.unreadable is not None:
+            return Failure(UNREADABLE, record.unreadable)
         try:
             parsed = parse_record(
                 record.value,

@@ -3,6 +3,9 @@
 fetch (getmany) -> parse -> BatchHandler.apply (one transaction) -> commit offsets of the
 partitions still owned. An offset is committed only after the transaction that applied it,
 and every batch before it, committed.
+
+The offset committed is the consumer's position after the fetch, past transaction markers
+(positions.py).
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from dataclasses import dataclass
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from cleanup_worker.adapters.kafka.clients import Fetched, GroupConsumer, Record
+from cleanup_worker.adapters.kafka.clients import GroupConsumer, Record
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import retrying
 from cleanup_worker.service.apply.handler import BatchHandler, BatchOutcome, ParsedBatch
+from cleanup_worker.service.run.positions import CommitPositions
 
 log = get_logger(__name__)
 
@@ -35,20 +39,28 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._loop.drain_in_flight()
+        self._loop.positions.forget(revoked)
         self._loop.health.partitions_revoked()
         log.info("kafka.partitions.revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._loop.positions.learn(self._loop.consumer, assigned)
         self._loop.health.partitions_assigned(len(self._loop.consumer.assignment()))
         log.info("kafka.partitions.assigned", partitions=len(assigned))
 
 
 @dataclass
 class _InFlight:
-    applying: asyncio.Task[BatchOutcome]
+    applying: asyncio.Future[BatchOutcome]
     offsets: dict[TopicPartition, int]
     records: int
     started: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    offsets: dict[TopicPartition, int]  # to commit once this fetch's records are applied
+    records: int
 
 
 class ConsumerLoop:
@@ -88,6 +100,7 @@ class ConsumerLoop:
         self._committing = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.batches = 0
+        self.positions = CommitPositions()
 
     async def start(self) -> None:
         """Joins the group, retrying while the broker is unreachable or refuses (a missing
@@ -131,13 +144,15 @@ class ConsumerLoop:
                 if self._stopping.is_set():
                     break  # fetched but not applied: not committed, so redelivered
                 fetching = asyncio.create_task(self._fetch())
-                if fetched:
+                if fetched.records:
                     # Batches run side by side only while we are behind (full fetches). At a
                     # trickle, one at a time lets records pile into the next batch instead of
                     # a transaction (and an fsync) each.
-                    behind = sum(len(b) for b in fetched.values()) >= self._max_records // 2
+                    behind = fetched.records >= self._max_records // 2
                     allowed = self._max_in_flight if behind else 1
                     await self._commit_in_order(wait_for_oldest=len(self._in_flight) - allowed + 1)
+                    self._start_batch(fetched, parsed)
+                elif fetched.offsets:  # markers only: committed behind the batches before
                     self._start_batch(fetched, parsed)
                 await self._commit_in_order(wait_for_oldest=0)
             await self._commit_in_order(wait_for_oldest=None)
@@ -151,20 +166,30 @@ class ConsumerLoop:
             # return_exceptions keeps the original error the one that propagates.
             await asyncio.gather(fetching, *leftovers, return_exceptions=True)
 
-    async def _fetch(self) -> tuple[Fetched, ParsedBatch]:
+    async def _fetch(self) -> tuple[_Fetch, ParsedBatch]:
         fetched = await self.consumer.getmany(
             timeout_ms=self._wait_ms, max_records=self._max_records
         )
+        # The positions are read now, before anything else can fetch: every record before
+        # them is in this fetch or an earlier one.
+        offsets = self.positions.after_fetch(self.consumer, fetched)
         self.health.polled()
         records = [Record.from_consumer_record(r) for batch in fetched.values() for r in batch]
-        return fetched, self._handler.parse(records)
+        return _Fetch(offsets, len(records)), self._handler.parse(records)
 
-    def _start_batch(self, fetched: Fetched, parsed: ParsedBatch) -> None:
+    def _start_batch(self, fetched: _Fetch, parsed: ParsedBatch) -> None:
+        if fetched.records:
+            applying: asyncio.Future[BatchOutcome] = asyncio.create_task(
+                self._handler.apply(parsed)
+            )
+        else:
+            applying = asyncio.get_running_loop().create_future()
+            applying.set_result(BatchOutcome())
         self._in_flight.append(
             _InFlight(
-                applying=asyncio.create_task(self._handler.apply(parsed)),
-                offsets={tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch},
-                records=sum(len(batch) for batch in fetched.values()),
+                applying=applying,
+                offsets=fetched.offsets,
+                records=fetched.records,
                 started=time.perf_counter(),
             )
         )
@@ -190,10 +215,11 @@ class ConsumerLoop:
                 self._observe(batch, outcome)
 
     def _observe(self, batch: _InFlight, outcome: BatchOutcome) -> None:
-        self.batches += 1
         elapsed = time.perf_counter() - batch.started
-        metrics.BATCH_DURATION.observe(elapsed)
-        metrics.BATCH_SIZE.observe(batch.records)
+        if batch.records:
+            self.batches += 1
+            metrics.BATCH_DURATION.observe(elapsed)
+            metrics.BATCH_SIZE.observe(batch.records)
         owned = self.consumer.assignment()
         for tp, offset in batch.offsets.items():
             if tp not in owned:  # moved to another member meanwhile: its lag is theirs to report
@@ -203,9 +229,11 @@ class ConsumerLoop:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                     max(0, highwater - offset)
                 )
-        log.info(
-            "batch.done", records=batch.records, ms=round(elapsed * 1000, 1), **outcome.counts()
-        )
+        if batch.records:
+            log.info(
+                "batch.done", records=batch.records, ms=round(elapsed * 1000, 1),
+                **outcome.counts(),
+            )  # fmt: skip
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         owned = self.consumer.assignment()
