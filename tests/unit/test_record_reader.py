@@ -46,7 +46,11 @@ def test_the_pinned_aiokafka_is_the_one_installed() -> None:
 def test_the_copied_loop_and_the_seam_are_unchanged() -> None:
     """The loop we copy is byte for byte the one we read, and the fetcher still builds its
     records through the two module names `install()` replaces."""
-    source = inspect.getsource(fetcher.PartitionRecords._unpack_records)
+    # The class we subclass, not `fetcher.PartitionRecords`: once a consumer has started in
+    # this process, that name is ours (`install()`).
+    (original,) = _SalvagingPartitionRecords.__bases__
+    assert original.__module__ == fetcher.__name__
+    source = inspect.getsource(original._unpack_records)
     assert hashlib.sha256(source.encode()).hexdigest() == UNPACK_SHA256
     building = inspect.getsource(fetcher.Fetcher._proc_fetch_request)
     assert "MemoryRecords(" in building
