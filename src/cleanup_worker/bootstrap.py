@@ -11,7 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
+from typing import Any
+from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -29,6 +32,8 @@ from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.apply.classify import RecordClassifier
 from cleanup_worker.service.apply.handler import BatchHandler
+from cleanup_worker.service.explain import Explanation, explain_key, explain_member
+from cleanup_worker.service.report.figures import build_report
 from cleanup_worker.service.run.consumer import Worker
 from cleanup_worker.service.run.late_keys import LateKeySweeper
 from cleanup_worker.service.run.process import Consuming, WorkerProcess, run_until_signalled
@@ -241,3 +246,22 @@ async def operator_clients(settings: Settings) -> AsyncIterator[OperatorClients]
             ) from None
         stack.push_async_callback(pool.close)
         yield OperatorClients(consumer, admin, pool, build_handler(settings, pool, None))
+
+
+async def explain(
+    settings: Settings, *, member: tuple[str, str] | None, key_id: UUID | None
+) -> Explanation:
+    """`cleanup-worker explain`: one read-only connection, as the operator's login."""
+    async with postgres.connect(settings) as conn:
+        if key_id is not None:
+            return await explain_key(conn, key_id, notices_on=settings.announce_revocations)
+        assert member is not None
+        return await explain_member(conn, *member, notices_on=settings.announce_revocations)
+
+
+async def report(
+    settings: Settings, start: datetime, end: datetime, slo_s: float, *, assess: bool
+) -> dict[str, Any]:
+    """`cleanup-worker report`: one read-only connection, as the operator's login."""
+    async with postgres.connect(settings) as conn:
+        return await build_report(conn, start, end, slo_s, assess=assess)

@@ -1,8 +1,8 @@
 """Every error this package raises on purpose, and the exit code each one ends a command with.
 
 The classes say what the caller should do about a failure; `exit_code` is the one mapping
-from them to the process's exit status (DESIGN §5: 2 for a bad setting, 3 when a safety
-valve refuses).
+from them to the process's exit status (2 for a bad setting, 3 when a safety valve refuses,
+4 for an unknown member or key).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ if TYPE_CHECKING:  # a refusal carries the run's summary for the command to prin
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command could not do its work (a service down, a bad file, ...)
 EXIT_CONFIG = 2  # a setting is missing or invalid
-EXIT_REFUSED = 3  # a safety valve refused, or another instance holds the run's lock
+EXIT_REFUSED = 3  # a safety valve refused, or another instance holds the run's lock, or
+# `migrate` found a table of another shape and changed nothing
+EXIT_NOT_FOUND = 4  # `explain`: no such member or key
 
 
 class CleanupError(Exception):
@@ -40,6 +42,14 @@ class FutureDatedEvent(CleanupError):
 
 class MigrationError(CleanupError):
     """The schema cannot be brought to the expected version (e.g. an applied file changed)."""
+
+
+class ContractMismatch(MigrationError):
+    """An existing contract table lacks what the contract needs; `migrate` changed nothing."""
+
+
+class NotFound(CleanupError):
+    """The member or key asked about is unknown to the database."""
 
 
 class SafetyValveError(CleanupError):
@@ -78,6 +88,8 @@ def exit_code(error: CleanupError) -> int:
     """The exit status a command ends with when `error` stops it."""
     if isinstance(error, ConfigurationError):
         return EXIT_CONFIG
-    if isinstance(error, SafetyValveError | AlreadyRunning):
+    if isinstance(error, SafetyValveError | AlreadyRunning | ContractMismatch):
         return EXIT_REFUSED
+    if isinstance(error, NotFound):
+        return EXIT_NOT_FOUND
     return EXIT_FAILED
