@@ -32,6 +32,7 @@ from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.apply.classify import RecordClassifier
 from cleanup_worker.service.apply.handler import BatchHandler
+from cleanup_worker.service.doctor.run import Diagnosis, diagnose
 from cleanup_worker.service.explain import Explanation, explain_key, explain_member
 from cleanup_worker.service.report.figures import build_report
 from cleanup_worker.service.run.consumer import Worker
@@ -265,3 +266,8 @@ async def report(
     """`cleanup-worker report`: one read-only connection, as the operator's login."""
     async with postgres.connect(settings) as conn:
         return await build_report(conn, start, end, slo_s, assess=assess)
+
+
+async def doctor(settings: Settings) -> Diagnosis:
+    """`cleanup-worker doctor`: the database's and the broker's checks, writing nothing."""
+    return await diagnose(settings)

@@ -3,6 +3,7 @@
 from cleanup_worker.cli import (  # noqa: F401  - registers the commands
     backfill,
     dlq,
+    doctor,
     explain,
     migrate,
     replay,
