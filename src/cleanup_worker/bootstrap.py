@@ -36,6 +36,7 @@ from cleanup_worker.service.doctor.run import Diagnosis, diagnose
 from cleanup_worker.service.explain import Explanation, explain_key, explain_member
 from cleanup_worker.service.report.figures import build_report
 from cleanup_worker.service.run.consumer import Worker
+from cleanup_worker.service.run.invariant import InvariantWatch
 from cleanup_worker.service.run.late_keys import LateKeySweeper
 from cleanup_worker.service.run.process import Consuming, WorkerProcess, run_until_signalled
 from cleanup_worker.service.run.relay import NoticeRelay
@@ -145,6 +146,21 @@ async def late_key_sweeper(
     )
 
 
+async def invariant_watch(
+    settings: Settings, stack: AsyncExitStack, *, database: Reachability | None = None
+) -> InvariantWatch | None:
+    """The invariant watch on a connection of its own (it holds its lock), unless it is off."""
+    if settings.invariant_interval_s == 0:
+        return None
+    pool = await postgres.create_pool(settings, max_size=1, reachable=database)
+    stack.push_async_callback(pool.close)
+    return InvariantWatch(
+        pool,
+        interval_s=settings.invariant_interval_s,
+        max_busy_fraction=settings.invariant_max_busy_fraction,
+    )
+
+
 async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStack) -> Consuming:
     """The live group's worker with its pool, dead-letter producer and handler."""
     database = postgres.reachability(settings)
@@ -165,6 +181,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     )
     relay = await notice_relay(settings, producer, stack, database=database)
     sweeper = await late_key_sweeper(settings, pool, stack, relay, database=database)
+    watch = await invariant_watch(settings, stack, database=database)
     worker = Worker(
         consumer=kafka.group_consumer(settings),
         handler=build_handler(settings, pool, dead_letters, health, relay, database=database),
@@ -180,7 +197,7 @@ async def wire_consumer(settings: Settings, health: Health, stack: AsyncExitStac
     return Consuming(
         worker=worker,
         ping_database=partial(postgres.ping, pool),
-        companions=(sweeper, relay) if relay else (sweeper,),
+        companions=tuple(c for c in (sweeper, relay, watch) if c is not None),
     )
 
 
