@@ -12,8 +12,10 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from cleanup_worker.settings import Settings
@@ -24,6 +26,7 @@ from tests.support.kafka import publisher
 from tests.support.operator import operator_login
 from tests.support.processes import cli, running_worker
 
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "report-schema.json").read_text())
 START = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 3
 SLO_S = 30.0
@@ -176,6 +179,7 @@ async def test_report_figures_equal_the_history(
         )  # fmt: skip
         assert code == 0, err
         report = json.loads(out)
+        jsonschema.validate(report, SCHEMA, format_checker=jsonschema.FormatChecker())
         code, table, err = await cli(
             settings, "report", *period_args, "--slo", str(SLO_S), "--format", "csv",
             CLEANUP_DATABASE_URL=operator,
@@ -238,3 +242,12 @@ async def test_report_counts_the_real_workers_revocation_as_r1(settings: Setting
         (row["kafka_timestamp"] - row["event_time"]).total_seconds(), abs=1e-6
     )
     assert row["revoked_at"] == row["applied_at"]
+
+
+async def test_report_refuses_a_bad_period(settings: Settings) -> None:
+    code, _, err = await cli(settings, "report", "--from", "2026-03-02", "--to", "2026-03-01")
+    assert code == 2
+    assert "--to must be after --from" in err
+    code, _, err = await cli(settings, "report", "--from", "last tuesday", "--to", "2026-03-01")
+    assert code == 2
+    assert "neither an RFC 3339 time nor a date" in err

@@ -92,6 +92,8 @@ def _chart(days: list[dict[str, Any]], slo_s: float) -> str:
         f'<text x="{left + plot_w - 4}" y="{slo_y - 3:.1f}" font-size="10" text-anchor="end" '
         f'fill="#c22">SLO {escape(duration(slo_s))}</text>',
         f'<text x="4" y="20" font-size="10">{top_count}</text>',
+        f'<text x="{left + plot_w - 4}" y="22" font-size="10" text-anchor="end" fill="#c22">'
+        f"p99 axis: {escape(duration(top_p99))}</text>",
         f'<text x="4" y="{10 + plot_h}" font-size="10">0</text>',
     ]
     if days:
