@@ -130,6 +130,7 @@ async def build(url: str, members: int) -> dict[str, float]:
             "SELECT (SELECT count(*) FROM membership_events) AS ledger, "
             "(SELECT count(*) FROM api_keys) AS keys"
         )
+        assert counts is not None  # aggregates without GROUP BY return one row
         took["ledger rows"], took["keys"] = counts["ledger"], counts["keys"]
     finally:
         await conn.close()

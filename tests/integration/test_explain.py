@@ -34,7 +34,8 @@ async def wait_ledger(db: Any, count: int) -> None:
 
 async def wait_outbox_empty(db: Any) -> None:
     async def empty() -> bool:
-        return await db.fetchval("SELECT count(*) FROM revocation_outbox") == 0
+        left: int = await db.fetchval("SELECT count(*) FROM revocation_outbox")
+        return left == 0
 
     await eventually(empty)
 
@@ -45,8 +46,9 @@ async def explain(settings: Settings, url: str, *args: str) -> tuple[int, Any, s
 
 
 def fate(answer: dict[str, Any], key: uuid.UUID) -> dict[str, Any]:
-    [found] = [k for k in answer["keys"] if k["key_id"] == str(key)]
-    return found
+    found: list[dict[str, Any]] = [k for k in answer["keys"] if k["key_id"] == str(key)]
+    assert len(found) == 1
+    return found[0]
 
 
 async def test_explain_tells_each_rule_and_state(

@@ -118,9 +118,9 @@ def _invariant(found: dict[str, Any] | None) -> str:
         f'<span id="invariant-count">{live}</span> (must be 0), of {found["keys_scanned"]} keys, '
         f"assessed {escape(found['assessed_at'])}.</p>"
         f'<p class="small">Also orphaned by R5: {found["live_keys_before_member_since"]} live '
-        f"keys created before their owner's current membership, "
-        f"{found['live_keys_without_membership']} of owners the worker knows no membership "
-        "for (keys that predate the worker: `cleanup-worker backfill`).</p>"
+        f"keys created before their owner's current membership, and "
+        f"{found['live_keys_without_membership']} whose owner has no membership the worker "
+        "knows of (keys that predate the worker: `cleanup-worker backfill`).</p>"
     )
 
 
