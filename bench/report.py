@@ -1,6 +1,6 @@
 """`report` and `explain` over a year-sized history, in one run against the dev PostgreSQL.
 
-    .venv/bin/python -m bench.report [--members 5000000] [--keep]
+    .venv/bin/python -m bench.report [--members 5000000] [--keep NAME]
 
 Builds, set-based (generate_series) in a scratch database, a year of history: per member one
 `added` and one `removed` (10 M ledger rows for 5 M members), four keys each (20 M keys).
@@ -27,7 +27,10 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
@@ -35,6 +38,7 @@ import asyncpg
 from bench.services import scratch_database, service_env
 from cleanup_worker.adapters.postgres import backfill_runs
 from cleanup_worker.adapters.postgres.keys import MembershipSource
+from cleanup_worker.adapters.postgres.migrator import migrate
 from cleanup_worker.service.explain import explain_key, explain_member
 
 YEAR = "timestamptz '2026-01-01'"
@@ -191,17 +195,46 @@ async def assessment_s(url: str) -> float:
         await conn.close()
 
 
+@asynccontextmanager
+async def _database(admin_url: str, keep: str | None) -> AsyncIterator[tuple[str, bool]]:
+    """A scratch database, or the kept one named `keep` (True: it is already built)."""
+    if keep is None:
+        async with scratch_database(admin_url, "bench_report") as url:
+            yield url, False
+        return
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{keep}"))
+    admin = await asyncpg.connect(admin_url)
+    try:
+        exists = await admin.fetchval("SELECT true FROM pg_database WHERE datname = $1", keep)
+        if not exists:
+            await admin.execute(f'CREATE DATABASE "{keep}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(url)
+    try:
+        built = bool(await conn.fetchval("SELECT to_regclass('api_keys') IS NOT NULL"))
+        if not built:
+            await migrate(conn)
+    finally:
+        await conn.close()
+    yield url, built
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=5_000_000)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--keep", metavar="NAME", help="build into database NAME and keep it (or reuse it)"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     print(f"seed {seed}", file=sys.stderr)
     admin = service_env()["CLEANUP_DATABASE_URL"]
     figures: dict[str, Any] = {"members": args.members, "seed": seed}
-    async with scratch_database(admin, "bench_report") as url:
-        figures.update(await build(url, args.members))
+    async with _database(admin, args.keep) as (url, built):
+        if not built:
+            figures.update(await build(url, args.members))
         year = ("--from", "2026-01-01", "--to", "2027-01-01", "--format", "json")
         took, out = await timed_cli(url, "report", *year)
         figures["report year s"] = round(took, 1)

@@ -43,7 +43,8 @@ FROM api_keys WHERE id = $1
 # Events named by a `revoked_by` of another member are looked up too (a producer may reuse
 # an identity): by every (source, id) split of the reference, since either may hold a '#'.
 _EVENTS_BY_IDENTITY = """
-SELECT e.source, e.event_id, e.account_id, e.iam_id, e.change, e.event_time, e.applied_at
+SELECT e.source, e.event_id, e.account_id, e.iam_id, e.change, e.event_time, e.applied_at,
+       e.kafka_timestamp
 FROM membership_events AS e
 JOIN unnest($1::text[], $2::text[]) AS t(source, event_id) USING (source, event_id)
 """
@@ -82,7 +83,7 @@ async def member_facts(
             "baseline": dict(baseline) if baseline else None,
             "membership": dict(membership) if membership else None,
             "keys": keys,
-            "revoking_events": await _revoking_events(conn, refs),
+            "revoking_events": await events_named(conn, refs),
             "outbox": {r["key_id"]: r["created_at"] for r in await conn.fetch(_OUTBOX, ids)},
             "candidates": {r["key_id"]: r["noted_at"] for r in await conn.fetch(_CANDIDATES, ids)},
             "sweep": dict(row) if (row := await conn.fetchrow(_SWEEP)) else None,
@@ -90,7 +91,8 @@ async def member_facts(
         }
 
 
-async def _revoking_events(conn: Connection, refs: set[str]) -> dict[str, dict[str, Any]]:
+async def events_named(conn: Connection, refs: set[str]) -> dict[str, dict[str, Any]]:
+    """The ledger's removals named by `revoked_by` references ('event:<source>#<id>')."""
     splits = [
         (ref, ref[len("event:") : at], ref[at + 1 :])
         for ref in refs
@@ -103,7 +105,9 @@ async def _revoking_events(conn: Connection, refs: set[str]) -> dict[str, dict[s
     rows = await conn.fetch(
         _EVENTS_BY_IDENTITY, [s for _, s, _ in splits], [i for _, _, i in splits]
     )
-    return {f"event:{r['source']}#{r['event_id']}": dict(r) for r in rows}
+    return {
+        f"event:{r['source']}#{r['event_id']}": dict(r) for r in rows if r["change"] == "removed"
+    }
 
 
 async def _runs(conn: Connection, refs: set[str]) -> dict[str, dict[str, Any]]:
