@@ -13,7 +13,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
+from typing import Any
+from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -35,7 +38,11 @@ from cleanup_worker.service.backfill.job import Backfill
 from cleanup_worker.service.backfill.job import run_until_signalled as run_backfill_until_signalled
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Reporter, Summary
+from cleanup_worker.service.doctor.run import Diagnosis, diagnose
+from cleanup_worker.service.explain import Explanation, explain_key, explain_member
+from cleanup_worker.service.report.figures import build_report
 from cleanup_worker.service.run.consumer import ConsumerLoop
+from cleanup_worker.service.run.invariant import InvariantWatch
 from cleanup_worker.service.run.late_keys import LateKeySweeper
 from cleanup_worker.service.run.process import ConsumerParts, RunProcess, run_until_signalled
 from cleanup_worker.service.run.relay import NoticeRelay
@@ -172,6 +179,21 @@ async def late_key_sweeper(
     )
 
 
+async def invariant_watch(
+    settings: Settings, stack: AsyncExitStack, *, database: Reachability | None = None
+) -> InvariantWatch | None:
+    """The invariant watch on a connection of its own (it holds its lock), unless it is off."""
+    if settings.invariant_interval_s == 0:
+        return None
+    pool = await postgres.create_pool(settings, max_size=1, reachable=database)
+    stack.push_async_callback(pool.close)
+    return InvariantWatch(
+        pool,
+        interval_s=settings.invariant_interval_s,
+        max_busy_fraction=settings.invariant_max_busy_fraction,
+    )
+
+
 async def build_consumer(
     settings: Settings, health: Health, stack: AsyncExitStack
 ) -> ConsumerParts:
@@ -195,6 +217,7 @@ async def build_consumer(
     )
     relay = await notice_relay(settings, producer, stack, database=database)
     sweeper = await late_key_sweeper(settings, pool, stack, relay, database=database)
+    watch = await invariant_watch(settings, stack, database=database)
     consumer_loop = ConsumerLoop(
         consumer=kafka.group_consumer(settings),
         handler=build_handler(settings, pool, dead_letters, health, relay, database=database),
@@ -210,7 +233,7 @@ async def build_consumer(
     return ConsumerParts(
         consumer_loop=consumer_loop,
         ping_database=partial(postgres.ping, pool),
-        companions=(sweeper, relay) if relay else (sweeper,),
+        companions=tuple(c for c in (sweeper, relay, watch) if c is not None),
     )
 
 
@@ -277,3 +300,27 @@ async def operator_clients(settings: Settings) -> AsyncIterator[OperatorClients]
             ) from None
         stack.push_async_callback(pool.close)
         yield OperatorClients(consumer, admin, pool, build_handler(settings, pool, None))
+
+
+async def explain(
+    settings: Settings, *, member: tuple[str, str] | None, key_id: UUID | None
+) -> Explanation:
+    """`cleanup-worker explain`: one read-only connection, as the operator's login."""
+    async with postgres.connect(settings) as conn:
+        if key_id is not None:
+            return await explain_key(conn, key_id, notices_on=settings.announce_revocations)
+        assert member is not None
+        return await explain_member(conn, *member, notices_on=settings.announce_revocations)
+
+
+async def report(
+    settings: Settings, start: datetime, end: datetime, slo_s: float, *, assess: bool
+) -> dict[str, Any]:
+    """`cleanup-worker report`: one read-only connection, as the operator's login."""
+    async with postgres.connect(settings) as conn:
+        return await build_report(conn, start, end, slo_s, assess=assess)
+
+
+async def doctor(settings: Settings) -> Diagnosis:
+    """`cleanup-worker doctor`: the database's and the broker's checks, writing nothing."""
+    return await diagnose(settings)

@@ -2,7 +2,8 @@
 
 The classes say what the caller should do about a failure; `exit_code` is the one mapping
 from them to the process's exit status (docs/design.md, "Interfaces": 2 for a bad setting,
-3 when a safety valve refuses). A command that ends normally exits 0, as Python does.
+3 when a safety valve refuses, 4 for an unknown member or key). A command that ends normally
+exits 0, as Python does.
 
 This module sits below every other one (docs/design.md, "Layers"): errors that carry a
 service's values (the backfill's refusal carries its summary) are defined by that service.
@@ -10,9 +11,12 @@ service's values (the backfill's refusal carries its summary) are defined by tha
 
 from __future__ import annotations
 
+EXIT_OK = 0  # `doctor`: every check passed
 EXIT_FAILED = 1  # the command could not do its work (a service down, a bad file, ...)
 EXIT_CONFIG = 2  # a setting is missing or invalid
-EXIT_REFUSED = 3  # a safety valve refused, or another instance holds the run's lock
+EXIT_REFUSED = 3  # a safety valve refused, or another instance holds the run's lock, or
+# `migrate` found a table of another shape and changed nothing
+EXIT_NOT_FOUND = 4  # `explain`: no such member or key
 
 
 class CleanupError(Exception):
@@ -32,6 +36,14 @@ class MalformedEvent(CleanupError):
 
 class MigrationError(CleanupError):
     """The schema cannot be brought to the expected version (e.g. an applied file changed)."""
+
+
+class ContractMismatch(MigrationError):
+    """An existing contract table lacks what the contract needs; `migrate` changed nothing."""
+
+
+class NotFound(CleanupError):
+    """The member or key asked about is unknown to the database."""
 
 
 class SafetyValveError(CleanupError):
@@ -62,6 +74,8 @@ def exit_code(error: CleanupError) -> int:
     """The exit status a command ends with when `error` stops it."""
     if isinstance(error, ConfigurationError):
         return EXIT_CONFIG
-    if isinstance(error, SafetyValveError | AlreadyRunning):
+    if isinstance(error, SafetyValveError | AlreadyRunning | ContractMismatch):
         return EXIT_REFUSED
+    if isinstance(error, NotFound):
+        return EXIT_NOT_FOUND
     return EXIT_FAILED

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     late_key_settle_s: float = Field(default=30.0, ge=0, le=86_400)
     late_key_sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
 
+    # The invariant watch (service/run/invariant.py): how often one replica assesses the live
+    # keys of removed members (0: never), and the share of time the assessment may take.
+    invariant_interval_s: float = Field(default=600.0, ge=0, le=86_400)
+    invariant_max_busy_fraction: float = Field(default=0.02, gt=0, le=1)
+
     http_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
     http_port: int = Field(default=8080, ge=0, le=65_535)
 

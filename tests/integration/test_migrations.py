@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from typing import Any
 
@@ -10,7 +12,7 @@ import asyncpg
 import pytest
 
 from cleanup_worker.adapters.postgres.migrator import available_migrations, migrate
-from cleanup_worker.errors import MigrationError
+from cleanup_worker.errors import EXIT_REFUSED, MigrationError
 from testkit.services import Services, with_database
 
 
@@ -173,3 +175,45 @@ async def test_worker_role_keeps_its_own_tables(as_worker_role: Any) -> None:
         "SELECT count(*) FROM account_memberships JOIN membership_events USING (account_id, iam_id)"
     )
     assert joined == 1
+
+
+async def test_migrate_refuses_a_key_table_of_another_shape(
+    empty_database_url: str, services: Services
+) -> None:
+    """A new user's database already has an api_keys of its own shape: `migrate`, as a real
+    process, exits 3 with one line naming what the contract needs that the table lacks, and
+    changes nothing (no table, no column, no index, not even its bookkeeping)."""
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute(
+            "CREATE TABLE api_keys (key_id text PRIMARY KEY, tenant text, user_id text, "
+            "status text)"
+        )
+        before = await conn.fetch(_SCHEMA)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cleanup_worker", "migrate",
+            env={**os.environ, "CLEANUP_DATABASE_URL": empty_database_url,
+                 "CLEANUP_LOG_FORMAT": "json"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await process.communicate()
+        assert process.returncode == EXIT_REFUSED
+        lines = err.decode().strip().splitlines()
+        assert len(lines) == 1, lines
+        assert "Traceback" not in err.decode()
+        for needed in ("id uuid", "account_id text", "iam_id text", "revoked_at timestamp"):
+            assert needed in lines[0]
+        assert await conn.fetch(_SCHEMA) == before
+    finally:
+        await conn.close()
+
+
+# Every relation, column and trigger in the database's own schemas.
+_SCHEMA = """
+SELECT c.relname, c.relkind, a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+ORDER BY 1, 3
+"""

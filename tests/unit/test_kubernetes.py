@@ -273,3 +273,45 @@ def test_keda_scales_the_worker_on_its_group(rendered: dict[str, list[dict[str, 
     assert trigger["type"] == "kafka"
     assert trigger["metadata"]["consumerGroup"] == config["CLEANUP_KAFKA_GROUP_ID"]
     assert trigger["metadata"]["topic"] == config["CLEANUP_KAFKA_TOPICS"]
+
+
+def test_doctor_runs_before_the_worker_as_the_worker(example: list[dict[str, Any]]) -> None:
+    """The worker pod's init container runs `doctor` with the worker's own image, settings
+    and Secret keys, so that it checks the login and principal the worker will use."""
+    spec = find(example, "Deployment", "cleanup-worker")["spec"]["template"]["spec"]
+    [init] = spec["initContainers"]
+    worker = worker_container(example)
+    assert init["args"] == ["doctor"]
+    assert init["image"] == worker["image"] == OVERLAY_IMAGE
+    assert init["envFrom"] == worker["envFrom"]
+    secret_refs = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in init["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    worker_refs = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in worker["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert secret_refs == worker_refs
+    context = init["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert init["resources"]["limits"]["memory"]
+
+
+def test_secure_doctor_mounts_what_the_worker_mounts(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Over TLS the doctor gets the worker's certificate mounts and key password too."""
+    spec = find(rendered["secure-example"], "Deployment", "cleanup-worker")["spec"]["template"]
+    [init] = spec["spec"]["initContainers"]
+    [worker] = spec["spec"]["containers"]
+    assert {m["mountPath"] for m in init["volumeMounts"]} == {
+        m["mountPath"] for m in worker["volumeMounts"]
+    }
+    assert {e["name"] for e in init["env"]} == {e["name"] for e in worker["env"]} - {
+        "CLEANUP_KAFKA_CLIENT_ID"
+    }

@@ -44,11 +44,13 @@ class EventTypes:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where an event was read (topic, partition, offset): kept in the ledger for operators."""
+    """Where an event was read (topic, partition, offset) and the record's Kafka timestamp:
+    kept in the ledger for operators (`explain`, `report`)."""
 
     topic: str
     partition: int
     offset: int
+    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

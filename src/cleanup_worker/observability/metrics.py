@@ -144,3 +144,19 @@ LATE_KEY_SETTLE = Gauge(
     "CLEANUP_LATE_KEY_SETTLE_S as configured (the alert compares the wait with it).",
     registry=REGISTRY,
 )
+LIVE_KEYS_OF_REMOVED_MEMBERS = Gauge(
+    "cleanup_live_keys_of_removed_members",
+    "Live keys whose owner's membership is removed, at the last assessment (must be 0; R6's "
+    "keys within their settle delay count here for that long). 0 on replicas that do not watch.",
+    registry=REGISTRY,
+)
+INVARIANT_ASSESSED = Gauge(
+    "cleanup_invariant_assessed_timestamp_seconds",
+    "When this replica last assessed the invariant (0: it does not watch).",
+    registry=REGISTRY,
+)
+INVARIANT_DURATION = Gauge(
+    "cleanup_invariant_assessment_seconds",
+    "How long the last assessment of the invariant took (one read of every live key).",
+    registry=REGISTRY,
+)

@@ -6,6 +6,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import (
@@ -142,7 +143,13 @@ class Record:
 
     @property
     def origin(self) -> Origin:
-        return Origin(self.topic, self.partition, self.offset)
+        # A negative timestamp is Kafka's "none" (records from before message format v1).
+        stamp = (
+            datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+            if self.timestamp_ms is not None and self.timestamp_ms >= 0
+            else None
+        )
+        return Origin(self.topic, self.partition, self.offset, stamp)
 
     @classmethod
     def from_consumer_record(cls, record: ConsumerRecord[bytes, bytes]) -> Record:

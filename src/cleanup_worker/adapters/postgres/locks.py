@@ -13,3 +13,6 @@ MIGRATION_LOCK_KEY = 0x636C65616E7570  # "cleanup"
 BACKFILL_LOCK_KEY = 0x6261636B66696C6C  # "backfill"
 # `dlq redrive --execute`: session lock, one redrive at a time per database.
 REDRIVE_LOCK_KEY = 0x636C65616E7571  # "cleanuq"
+# The invariant watch (service/run/invariant.py): a session lock its replica holds while it
+# is the one that assesses, so that replicas do not repeat each other's pass over every key.
+INVARIANT_LOCK_KEY = 0x696E76617269616E  # "invarian"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cleanup_worker.adapters.postgres.connections import Connection
@@ -91,6 +92,10 @@ async def capture_baselines(
     return {(r["account_id"], r["iam_id"]): _membership(r) for r in rows}
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
 def _membership(row: Any) -> Membership:
     return Membership(State(row["state"]), row["member_since"], row["changed_at"])
 
@@ -98,13 +103,14 @@ def _membership(row: Any) -> Membership:
 _RECORD_EVENTS = """
 WITH inserted AS (
     INSERT INTO membership_events (source, event_id, account_id, iam_id, change, event_time,
-                                   event_type, kafka_topic, kafka_partition, kafka_offset)
+                                   event_type, kafka_topic, kafka_partition, kafka_offset,
+                                   kafka_timestamp)
     SELECT r.source, r.event_id, r.account_id, r.iam_id, r.change, r.event_time,
-           r.event_type, r.kafka_topic, r.kafka_partition, r.kafka_offset
+           r.event_type, r.kafka_topic, r.kafka_partition, r.kafka_offset, r.kafka_timestamp
     FROM json_to_recordset($1::json) AS r(
         source text, event_id text, account_id text, iam_id text, change text,
         event_time timestamptz, event_type text, kafka_topic text, kafka_partition int,
-        kafka_offset bigint)
+        kafka_offset bigint, kafka_timestamp timestamptz)
     ON CONFLICT (source, event_id) DO NOTHING
     RETURNING source, event_id, account_id, iam_id
 )
@@ -144,6 +150,7 @@ async def record_events(conn: Connection, events: Sequence[MembershipEvent]) -> 
                 "kafka_topic": event.origin.topic if event.origin else None,
                 "kafka_partition": event.origin.partition if event.origin else None,
                 "kafka_offset": event.origin.offset if event.origin else None,
+                "kafka_timestamp": _iso(event.origin.timestamp) if event.origin else None,
             }
             for event in events
         ]

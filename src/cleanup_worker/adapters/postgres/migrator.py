@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from importlib import resources
 
 from cleanup_worker.adapters.postgres.connections import Connection
+from cleanup_worker.adapters.postgres.contract import contract_shortfalls
 from cleanup_worker.adapters.postgres.locks import MIGRATION_LOCK_KEY
-from cleanup_worker.errors import MigrationError
+from cleanup_worker.errors import ContractMismatch, MigrationError
 from cleanup_worker.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,6 +66,18 @@ def available_migrations() -> list[Migration]:
     return found
 
 
+async def refuse_other_shapes(conn: Connection) -> None:
+    """Raises ContractMismatch, naming what is lacking, when an existing contract table has
+    another shape."""
+    shortfalls = await contract_shortfalls(conn)
+    if shortfalls:
+        lacking = "; ".join(f"{t} lacks {', '.join(cols)}" for t, cols in shortfalls.items())
+        raise ContractMismatch(
+            f"existing tables have another shape than the contract needs: {lacking}. "
+            'Nothing was changed (docs/database-role.md, "An existing key table")'
+        )
+
+
 async def migrate(conn: Connection) -> list[Migration]:
     """Applies what is missing, each file in its own transaction; returns what it applied.
 
@@ -73,6 +86,9 @@ async def migrate(conn: Connection) -> list[Migration]:
     """
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
+        # The contract first, before anything is written: a key table of another shape that
+        # the worker joins would otherwise fail half-way, in a migration's index.
+        await refuse_other_shapes(conn)
         await conn.execute(_BOOKKEEPING)
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
         applied = {row["version"]: row for row in rows}

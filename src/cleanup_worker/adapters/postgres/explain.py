@@ -1,0 +1,123 @@
+"""The reads behind `cleanup-worker explain`: one member's ledger, baseline, row, keys, and what
+the late-key sweep and the outbox know about those keys.
+
+Read-only, and only what the `cleanup_operator` role may read (migration 0010): never the key
+hash. Every statement is an index lookup by member or by key, so the answer stays fast on a
+ledger of millions of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from cleanup_worker.adapters.postgres.connections import Connection
+
+_MEMBER_OF_KEY = "SELECT account_id, iam_id FROM api_keys WHERE id = $1"
+
+_EVENTS = """
+SELECT source, event_id, change, event_type, event_time, kafka_timestamp, applied_at,
+       kafka_topic, kafka_partition, kafka_offset
+FROM membership_events
+WHERE account_id = $1 AND iam_id = $2
+ORDER BY event_time, event_id, source
+"""
+_BASELINE = """
+SELECT state, member_since, changed_at, captured_at
+FROM membership_baselines WHERE account_id = $1 AND iam_id = $2
+"""
+_MEMBERSHIP = """
+SELECT state, member_since, changed_at
+FROM account_memberships WHERE account_id = $1 AND iam_id = $2
+"""
+_KEYS = """
+SELECT id, name, created_at, revoked_at, revocation_reason, revoked_by
+FROM api_keys WHERE account_id = $1 AND iam_id = $2
+ORDER BY created_at, id
+"""
+_KEY = """
+SELECT id, name, created_at, revoked_at, revocation_reason, revoked_by
+FROM api_keys WHERE id = $1
+"""
+# Events named by a `revoked_by` of another member are looked up too (a producer may reuse
+# an identity): by every (source, id) split of the reference, since either may hold a '#'.
+_EVENTS_BY_IDENTITY = """
+SELECT e.source, e.event_id, e.account_id, e.iam_id, e.change, e.event_time, e.applied_at,
+       e.kafka_timestamp
+FROM membership_events AS e
+JOIN unnest($1::text[], $2::text[]) AS t(source, event_id) USING (source, event_id)
+"""
+_OUTBOX = "SELECT key_id, created_at FROM revocation_outbox WHERE key_id = ANY($1::uuid[])"
+_CANDIDATES = "SELECT key_id, noted_at FROM late_key_candidates WHERE key_id = ANY($1::uuid[])"
+_SWEEP = "SELECT horizon, r6_blocked_since, r6_waiting FROM late_key_sweep"
+_RUNS = "SELECT run_id, mode, status, started_at FROM backfill_runs WHERE run_id = ANY($1::uuid[])"
+
+
+async def member_of_key(conn: Connection, key_id: UUID) -> tuple[str, str] | None:
+    row = await conn.fetchrow(_MEMBER_OF_KEY, key_id)
+    return (row["account_id"], row["iam_id"]) if row else None
+
+
+def _dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    return [dict(row) for row in rows]
+
+
+async def member_facts(
+    conn: Connection, account_id: str, iam_id: str, key_id: UUID | None = None
+) -> dict[str, Any]:
+    """Everything `explain` shows about one member (and only `key_id` among its keys, if
+    given), read in one snapshot so that the parts agree with each other."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        events = _dicts(await conn.fetch(_EVENTS, account_id, iam_id))
+        baseline = await conn.fetchrow(_BASELINE, account_id, iam_id)
+        membership = await conn.fetchrow(_MEMBERSHIP, account_id, iam_id)
+        if key_id is None:
+            keys = _dicts(await conn.fetch(_KEYS, account_id, iam_id))
+        else:
+            keys = _dicts(await conn.fetch(_KEY, key_id))
+        ids = [key["id"] for key in keys]
+        refs = {key["revoked_by"] for key in keys if key["revoked_by"]}
+        return {
+            "events": events,
+            "baseline": dict(baseline) if baseline else None,
+            "membership": dict(membership) if membership else None,
+            "keys": keys,
+            "revoking_events": await events_named(conn, refs),
+            "outbox": {r["key_id"]: r["created_at"] for r in await conn.fetch(_OUTBOX, ids)},
+            "candidates": {r["key_id"]: r["noted_at"] for r in await conn.fetch(_CANDIDATES, ids)},
+            "sweep": dict(row) if (row := await conn.fetchrow(_SWEEP)) else None,
+            "runs": await _runs(conn, refs),
+        }
+
+
+async def events_named(conn: Connection, refs: set[str]) -> dict[str, dict[str, Any]]:
+    """The ledger's removals named by `revoked_by` references ('event:<source>#<id>')."""
+    splits = [
+        (ref, ref[len("event:") : at], ref[at + 1 :])
+        for ref in refs
+        if ref.startswith("event:")
+        for at in range(len("event:"), len(ref))
+        if ref[at] == "#"
+    ]
+    if not splits:
+        return {}
+    rows = await conn.fetch(
+        _EVENTS_BY_IDENTITY, [s for _, s, _ in splits], [i for _, _, i in splits]
+    )
+    return {
+        f"event:{r['source']}#{r['event_id']}": dict(r) for r in rows if r["change"] == "removed"
+    }
+
+
+async def _runs(conn: Connection, refs: set[str]) -> dict[str, dict[str, Any]]:
+    ids = []
+    for ref in refs:
+        if ref.startswith("backfill:"):
+            try:
+                ids.append(UUID(ref.removeprefix("backfill:")))
+            except ValueError:
+                continue
+    if not ids:
+        return {}
+    return {f"backfill:{r['run_id']}": dict(r) for r in await conn.fetch(_RUNS, ids)}
