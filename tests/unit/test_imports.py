@@ -51,7 +51,7 @@ def test_the_check_sees_a_cross_import(tmp_path: Path) -> None:
     sample.write_text(
         "import bench.consumer\n"
         "def f() -> None:\n"
-        "    from testkit import waiting\n"
+        "    from tests.support import waiting\n"
         "from .sibling import x\n"
     )
     assert imported(sample) == [(1, "bench.consumer"), (3, "tests.support")]
