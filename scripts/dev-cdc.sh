@@ -103,8 +103,9 @@ bootstrap.servers=$BOOTSTRAP
 listeners=http://$HOST:$CONNECT_PORT
 plugin.path=$CONNECT_PLUGINS
 offset.storage.file.filename=$CDC_DIR/offsets
-# Debezium confirms the slot's position when offsets are flushed: every 5 s here.
-offset.flush.interval.ms=5000
+# Debezium confirms the slot's position when offsets are flushed (Connect's default, 60 s):
+# a worker killed in between re-sends what followed, as in production.
+offset.flush.interval.ms=60000
 key.converter=org.apache.kafka.connect.json.JsonConverter
 value.converter=org.apache.kafka.connect.json.JsonConverter
 CONF
@@ -123,7 +124,13 @@ CONF
 
 connect_start() {
   cdc_resolve
+  local before
+  before="$(cat "$CONNECT_CONF" 2>/dev/null || true)"
   connect_write_config
+  if [ -n "$(connect_pid)" ] && [ "$before" != "$(cat "$CONNECT_CONF")" ]; then
+    say "connect: configuration changed, restarting the worker"
+    connect_stop
+  fi
   CONNECT_PID="$(connect_pid)"
   if [ -n "$CONNECT_PID" ]; then say "connect: already running (pid $CONNECT_PID)"; return 0; fi
   if tcp_open "$CONNECT_PORT"; then die "port $HOST:$CONNECT_PORT is already taken by another process"; fi
@@ -208,6 +215,9 @@ export CDC_SOURCE_DATABASE_URL=postgresql://postgres@$HOST:$PG_PORT/$CDC_DB
 export CDC_SOURCE_TABLE=$CDC_TABLE
 export CDC_SCHEMAS_TOPIC=directory_schemas.$CDC_TABLE
 export CDC_CONNECT_URL=$CONNECT_URL
+export CDC_REPLICATION_USER=$CDC_LOGIN
+export CDC_REPLICATION_PASSWORD=$CDC_PASSWORD
+export CDC_PUBLICATION=$CDC_PUBLICATION
 ENV
   mv "$DEV/cdc.env.tmp" "$DEV/cdc.env"
   say "cdc: Kafka Connect at $CONNECT_URL; environment in .dev/cdc.env"
