@@ -103,9 +103,9 @@ bootstrap.servers=$BOOTSTRAP
 listeners=http://$HOST:$CONNECT_PORT
 plugin.path=$CONNECT_PLUGINS
 offset.storage.file.filename=$CDC_DIR/offsets
-# Debezium confirms the slot's position when offsets are flushed (Connect's default, 60 s):
-# a worker killed in between re-sends what followed, as in production.
-offset.flush.interval.ms=60000
+# Debezium confirms the slot's position when offsets are flushed (Connect's default: 60 s);
+# a worker killed in between re-sends what followed the last flush, as in production.
+offset.flush.interval.ms=5000
 key.converter=org.apache.kafka.connect.json.JsonConverter
 value.converter=org.apache.kafka.connect.json.JsonConverter
 CONF

@@ -188,6 +188,21 @@ def cdc_settings(settings: Settings, topic: str, **extra: Any) -> Settings:
     )
 
 
+async def offsets_flushed(source: SourceTable, since: float) -> None:
+    """Waits until the standalone worker has flushed this connector's offsets after `since`
+    (a time.time()): a restart then resumes from there instead of snapshotting afresh."""
+    path = ROOT / ".dev" / "connect" / "offsets"
+    server = source.config["topic.prefix"].encode()
+
+    async def flushed() -> bool:
+        try:
+            return path.stat().st_mtime > since and server in path.read_bytes()
+        except FileNotFoundError:
+            return False
+
+    await eventually(flushed, timeout=30, interval=0.2)
+
+
 def kill_connect() -> None:
     """SIGKILL the dev Kafka Connect (ours: started by scripts/dev-services): no offset flush."""
     pid = int((ROOT / ".dev" / "connect.pid").read_text().strip())
