@@ -130,9 +130,8 @@ async def test_random_history_with_restarts_ends_as_the_oracle_says(
 
             await eventually(all_applied, timeout=120, interval=2)
     repeats = Counter(_position(r) for r in delivered)
-    print(
-        f"changes={changes} records={len(delivered)} redelivered={sum(repeats.values()) - len(repeats)}"
-    )
+    again = sum(repeats.values()) - len(repeats)
+    print(f"changes={changes} records={len(delivered)} redelivered={again}")
     assert max(repeats.values()) > 1, "Connect's restart re-sent nothing: the test proves less"
     rows, revoked = expected_state({}, history.keys, history.events)
     got = await revoked_keys(db)

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +126,8 @@ async def source_table(
     settings: Settings,
     *,
     schemas: bool = False,
-    rows: list[str] = (),
-    time_type: str = "timestamp",  # type: ignore[assignment]
+    rows: Sequence[str] = (),
+    time_type: str = "timestamp",
 ) -> AsyncIterator[SourceTable]:
     """A fresh table (id PK, account_id, iam_id, state, role, changed_at), `rows` inserted
     before the connector starts (its snapshot reads them), captured into a fresh topic."""

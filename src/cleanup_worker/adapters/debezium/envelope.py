@@ -8,8 +8,8 @@ or raises `Unmappable` with a message that names what is wrong but never quotes 
 Times: a time column arrives as Debezium encodes its type — `timestamp` as MicroTimestamp
 (µs since the epoch; Timestamp, ms, or NanoTimestamp, ns, under other precision modes),
 `timestamptz` as ZonedTimestamp (ISO 8601 text). With schemas the field's schema names the
-encoding; without, an integer's magnitude does (ms, µs and ns of any date between 1973 and
-2286 do not overlap), and text is ISO 8601.
+encoding; without, an integer's magnitude does (ms, µs and ns of any date between May 1970
+and 2262 do not overlap), and text is ISO 8601.
 """
 
 from __future__ import annotations
@@ -91,9 +91,11 @@ def decode_time(value: object, schema_name: str | None, column: str = "time") ->
 
 def _unit_by_magnitude(value: int) -> int:
     magnitude = abs(value)
-    if magnitude >= 10**17:
+    # ms of any date before 2286 stay below 1e13, µs below 1e16; µs and ns of any date after
+    # April 1970 are at least 1e13 and 1e16.
+    if magnitude >= 10**16:
         return 1_000_000_000
-    if magnitude >= 10**14:
+    if magnitude >= 10**13:
         return 1_000_000
     return 1_000
 
