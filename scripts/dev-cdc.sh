@@ -168,7 +168,7 @@ connector_config() { # NAME TOPIC_PREFIX SCHEMAS(true|false)
  "plugin.name": "pgoutput", "publication.name": "$CDC_PUBLICATION",
  "publication.autocreate.mode": "disabled",
  "slot.name": "$(echo "$1" | tr '-' '_')_$PG_HASH",
- "snapshot.mode": "initial",
+ "snapshot.mode": "initial", "poll.interval.ms": "50",
  "key.converter": "org.apache.kafka.connect.json.JsonConverter",
  "key.converter.schemas.enable": "$3",
  "value.converter": "org.apache.kafka.connect.json.JsonConverter",

@@ -95,6 +95,9 @@ def _config(
         "publication.autocreate.mode": "disabled",
         "slot.name": f"slot_{table}",
         "snapshot.mode": "initial",
+        # Debezium waits up to poll.interval.ms (500 ms by default) for more changes before
+        # handing a batch to Connect: the floor of every removal's latency (docs/cdc.md).
+        "poll.interval.ms": "50",
         "key.converter": "org.apache.kafka.connect.json.JsonConverter",
         "key.converter.schemas.enable": flag,
         "value.converter": "org.apache.kafka.connect.json.JsonConverter",
