@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
 
 from bench.consumer import Worker, publish, wait_for_applied, worker_env
 from bench.services import scratch_database, service_env
@@ -59,8 +60,9 @@ async def empty_topic(bootstrap: str, name: str) -> str:
 
 def settings_for(env: dict[str, str], db_url: str) -> Settings:
     return Settings(
-        database_url=db_url, kafka_bootstrap_servers=env["CLEANUP_KAFKA_BOOTSTRAP_SERVERS"]
-    )  # type: ignore[arg-type]
+        database_url=SecretStr(db_url),
+        kafka_bootstrap_servers=env["CLEANUP_KAFKA_BOOTSTRAP_SERVERS"],
+    )
 
 
 async def latency(env: dict[str, str], args: argparse.Namespace) -> list[float]:
@@ -155,8 +157,10 @@ async def wait_captured(bootstrap: str, topic: str, records: int) -> None:
     from tests.support.kafka import end_offsets  # noqa: PLC0415
 
     settings = Settings(
-        database_url="postgresql://x/y", kafka_bootstrap_servers=bootstrap, kafka_topics=[topic]
-    )  # type: ignore[arg-type]
+        database_url=SecretStr("postgresql://x/y"),
+        kafka_bootstrap_servers=bootstrap,
+        kafka_topics=[topic],
+    )
     deadline = time.monotonic() + 300
     while sum((await end_offsets(settings, topic)).values()) < records:
         if time.monotonic() > deadline:
