@@ -64,7 +64,7 @@ class SourceTable:
 
     async def register_again(self) -> None:
         """After a restart of the standalone worker (it keeps offsets, not REST configs)."""
-        await register(cdc_env(), self.connector, self.config)
+        await register(self.connect_url, self.connector, self.config)
         await eventually(self.running, timeout=60)
 
     async def running(self) -> bool:
@@ -105,9 +105,9 @@ def _config(
     }
 
 
-async def register(env: dict[str, str], name: str, config: dict[str, str]) -> None:
+async def register(connect_url: str, name: str, config: dict[str, str]) -> None:
     async with aiohttp.ClientSession() as http:
-        url = f"{env['CDC_CONNECT_URL']}/connectors/{name}/config"
+        url = f"{connect_url}/connectors/{name}/config"
         try:
             async with http.put(url, json=config) as response:
                 if response.status >= 300:
@@ -116,10 +116,10 @@ async def register(env: dict[str, str], name: str, config: dict[str, str]) -> No
             pytest.fail(f"{HOW_TO}: {exc!r}", pytrace=False)
 
 
-async def _unregister(env: dict[str, str], name: str) -> None:
+async def _unregister(connect_url: str, name: str) -> None:
     async with (
         aiohttp.ClientSession() as http,
-        http.delete(f"{env['CDC_CONNECT_URL']}/connectors/{name}"),
+        http.delete(f"{connect_url}/connectors/{name}"),
     ):
         pass
 
@@ -131,6 +131,8 @@ async def source_table(
     schemas: bool = False,
     rows: Sequence[str] = (),
     time_type: str = "timestamp",
+    connect_url: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> AsyncIterator[SourceTable]:
     """A fresh table (id PK, account_id, iam_id, state, role, changed_at), `rows` inserted
     before the connector starts (its snapshot reads them), captured into a fresh topic."""
@@ -147,18 +149,19 @@ async def source_table(
         f"CREATE PUBLICATION pub_{table} FOR TABLE public.{table};"
         f"GRANT SELECT ON public.{table} TO {login};"
     )
-    config = _config(env, name, table, prefix, schemas)
+    config = {**_config(env, name, table, prefix, schemas), **(extra or {})}
     topic = f"{prefix}.public.{table}"
-    handle = SourceTable(table, topic, name, env["CDC_CONNECT_URL"], source, config)
+    connect_url = connect_url or env["CDC_CONNECT_URL"]
+    handle = SourceTable(table, topic, name, connect_url, source, config)
     for statement in rows:
         await handle.execute(statement)
     await create_topic(settings, handle.topic)
-    await register(env, name, config)
+    await register(connect_url, name, config)
     try:
         await eventually(handle.running, timeout=60)
         yield handle
     finally:
-        await _unregister(env, name)
+        await _unregister(connect_url, name)
         await _drop(source, table)
         await source.close()
 
@@ -223,3 +226,65 @@ async def start_connect() -> None:
     )
     if result.returncode != 0:
         pytest.fail(f"dev-services up failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+
+
+@asynccontextmanager
+async def distributed_connect(bootstrap: str) -> AsyncIterator[str]:
+    """A distributed Kafka Connect worker of its own with exactly-once source support (the
+    dev worker is standalone, which cannot run it), from the dev worker's jars and plugins.
+    Yields its REST URL; stopped (SIGTERM, ours) afterwards."""
+    from tests.support.processes import free_port  # noqa: PLC0415
+
+    connect = ROOT / ".dev" / "connect"
+    if not (connect / "lib").is_dir():
+        pytest.fail(f"{HOW_TO} (no .dev/connect/lib)", pytrace=False)
+    suffix = uuid.uuid4().hex[:8]
+    port = free_port()
+    work = connect / f"eos-{suffix}"
+    work.mkdir(parents=True)
+    config = work / "worker.properties"
+    config.write_text(
+        f"bootstrap.servers={bootstrap}\n"
+        f"listeners=http://127.0.0.1:{port}\n"
+        f"group.id=eos-connect-{suffix}\n"
+        f"plugin.path={connect / 'plugins'}\n"
+        f"config.storage.topic=eos-connect-{suffix}-configs\n"
+        f"offset.storage.topic=eos-connect-{suffix}-offsets\n"
+        f"status.storage.topic=eos-connect-{suffix}-status\n"
+        "config.storage.replication.factor=1\noffset.storage.replication.factor=1\n"
+        "status.storage.replication.factor=1\noffset.storage.partitions=1\n"
+        "status.storage.partitions=1\n"
+        "exactly.once.source.support=enabled\n"
+        "key.converter=org.apache.kafka.connect.json.JsonConverter\n"
+        "value.converter=org.apache.kafka.connect.json.JsonConverter\n"
+    )
+    found = await asyncio.create_subprocess_exec(
+        str(ROOT / "scripts" / "kafka"), "--java", stdout=asyncio.subprocess.PIPE
+    )
+    java = (await found.communicate())[0].decode().strip()
+    log = (work / "connect.out").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        java, "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j2.configurationFile={connect / 'log4j2.properties'}",
+        "-cp", f"{connect / 'lib'}/*",
+        "org.apache.kafka.connect.cli.ConnectDistributed", str(config),
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    async def ready() -> bool:
+        if process.returncode is not None:
+            pytest.fail(f"distributed Connect exited; see {work / 'connect.out'}")
+        try:
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/connector-plugins") as r:
+                return "PostgresConnector" in await r.text()
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        await eventually(ready, timeout=120, interval=0.5)
+        yield url
+    finally:
+        process.terminate()
+        await process.wait()
+        log.close()
