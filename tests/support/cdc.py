@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -288,3 +289,4 @@ async def distributed_connect(bootstrap: str) -> AsyncIterator[str]:
         process.terminate()
         await process.wait()
         log.close()
+        shutil.rmtree(work, ignore_errors=True)
