@@ -14,10 +14,10 @@ import asyncpg
 
 from cleanup_worker.adapters.kafka.clients import Record
 from cleanup_worker.adapters.kafka.dead_letter_topic import Failure
-from cleanup_worker.adapters.postgres import cdc_rows, keys
+from cleanup_worker.adapters.postgres import keys
 from cleanup_worker.adapters.postgres.connections import Pool
 from cleanup_worker.adapters.postgres.sqlstate import describe, is_per_event, is_transient
-from cleanup_worker.domain.change_events import CDC_TYPES, NeedsRowMemory, RowMember
+from cleanup_worker.domain.change_events import CDC_TYPES, NeedsRowMemory
 from cleanup_worker.domain.events import Change, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import unique_events
 from cleanup_worker.logging import get_logger
@@ -25,6 +25,9 @@ from cleanup_worker.observability import metrics
 from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.apply.batch_transaction import apply_events
 from cleanup_worker.service.apply.classify import ChangeEvents, FutureDated, RecordClassifier
+from cleanup_worker.service.apply.parsed_batch import ParsedBatch, settle_rows
+
+__all__ = ["BatchHandler", "BatchOutcome", "DeadLetterSink", "Outcome", "ParsedBatch"]
 
 log = get_logger(__name__)
 
@@ -78,28 +81,6 @@ class BatchOutcome:
             "keys_revoked": self.keys_revoked,
             "memberships_changed": self.memberships_changed,
         }
-
-
-@dataclass
-class ParsedBatch:
-    """Records sorted by what they turned out to be."""
-
-    valid: list[tuple[Record, MembershipEvent]] = field(default_factory=list)
-    ignored: list[IgnoredEvent] = field(default_factory=list)
-    malformed: list[tuple[Record, Failure]] = field(default_factory=list)
-    future: list[tuple[Record, FutureDated]] = field(default_factory=list)
-    # Change events (docs/cdc.md): rows to remember, and deletes that need the remembered row.
-    remember: list[RowMember] = field(default_factory=list)
-    unresolved: list[tuple[Record, NeedsRowMemory]] = field(default_factory=list)
-
-    def add_change(self, record: Record, found: ChangeEvents) -> None:
-        for item in found.events:
-            if isinstance(item, FutureDated):
-                self.future.append((record, item))
-            else:
-                self.valid.append((record, item))
-        if found.row.remember is not None:
-            self.remember.append(found.row.remember)
 
 
 class _DryRunRollback(Exception):
@@ -178,7 +159,14 @@ class BatchHandler:
         """`handle` for a batch already parsed."""
         outcome = BatchOutcome()
         if batch.unresolved or batch.remember:
-            await self._rows(batch, dry_run)
+            await settle_rows(
+                batch,
+                self._pool,
+                self._classify,
+                dry_run=dry_run,
+                retry_max_wait_s=self._retry_max_wait_s,
+                database=self._database,
+            )
         for record, failure in batch.malformed:
             await self._dead_letter(record, failure, dry_run)
             outcome.dead_lettered += 1
@@ -202,33 +190,6 @@ class BatchHandler:
         if not dry_run:
             self._count(outcome)
         return outcome
-
-    async def _rows(self, batch: ParsedBatch, dry_run: bool) -> None:
-        """Remembers the rows the batch's change events named, and resolves the deletes that
-        need a remembered row (or turns them into dead letters naming the replica identity)."""
-        changes = self._classify.changes
-        assert changes is not None
-        pending = [(p.change.source, p.change.row_key_text or "") for _, p in batch.unresolved]
-        async for attempt in retrying(
-            "database.cdc_rows",
-            on=is_transient,
-            wait_max=self._retry_max_wait_s,
-            reachability=self._database,
-        ):
-            with attempt:
-                async with self._pool.acquire() as conn:
-                    # Facts about rows, true whatever becomes of the batch: kept on their own.
-                    if batch.remember and not dry_run:
-                        async with conn.transaction():
-                            await cdc_rows.remember(conn, batch.remember)
-                    remembered = await cdc_rows.recall(conn, pending)
-        for (record, needs), key in zip(batch.unresolved, pending, strict=True):
-            found = changes.resolved(needs, remembered.get(key))
-            if isinstance(found, Failure):
-                batch.malformed.append((record, found))
-            else:
-                batch.add_change(record, self._classify.dated(found))
-        batch.unresolved.clear()
 
     async def _apply_isolating(
         self, items: list[tuple[Record, MembershipEvent]], *, reprocess: bool, dry_run: bool
