@@ -3,6 +3,7 @@ the real Debezium connector on a real Kafka Connect, consumed by the worker (doc
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from cleanup_worker.settings import Settings
 from tests.support.cdc import cdc_settings, source_table
 from tests.support.database import revoked_keys, seed_key
 from tests.support.kafka import create_topic, read_topic
-from tests.support.processes import running_worker
+from tests.support.processes import cli, running_worker
 from tests.support.waiting import eventually
 
 HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
@@ -156,4 +157,27 @@ async def test_delete_of_a_row_never_seen_is_dead_lettered(settings: Settings, d
     assert "REPLICA IDENTITY FULL" in headers["dlq.error.message"]
     assert letter.value == records[1].value
     assert await revoked_keys(db) == {}
-    assert key
+
+    # Once the row is known (its snapshot read, Debezium's own record, reaches the topic),
+    # `dlq list` sees the letter apply and `dlq redrive` revokes the member's key.
+    worker = cdc_settings(settings, copy)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(copy, value=records[0].value, key=records[0].key)
+    finally:
+        await producer.stop()
+    async with running_worker(worker):
+
+        async def remembered() -> bool:
+            return bool(await db.fetchval("SELECT count(*) FROM cdc_rows"))
+
+        await eventually(remembered, timeout=60)
+    code, out, err = await cli(worker, "dlq", "list", "--json")
+    assert code == 0, err
+    (listed,) = json.loads(out)["letters"]
+    assert listed["now"] == "event"
+    code, out, err = await cli(worker, "dlq", "redrive", "--execute", "--json")
+    assert code == 0, err
+    assert json.loads(out)["redriven"] == 1
+    assert set(await revoked_keys(db)) == {key}
