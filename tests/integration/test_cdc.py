@@ -112,6 +112,13 @@ async def test_initial_snapshot_revokes_older_keys_of_removed_members(
                 return len(await ledger(db)) == 2
 
             await eventually(snapshot_applied, timeout=60)
+        # A replay of the change events applies nothing twice.
+        code, out, err = await cli(
+            worker, "replay", "--from", "earliest", "--topic", table.topic, "--execute", "--json"
+        )
+        assert code == 0, err
+        replayed = json.loads(out)
+        assert (replayed["applied"], replayed["duplicate"]) == (0, 2)
     assert set(await revoked_keys(db)) == {dave_old}
     assert dave_after != erin
     row = await db.fetchrow(
