@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cleanup_worker.adapters.debezium.envelope import decode_change, decode_time
+from cleanup_worker.adapters.kafka.clients import Record
 from cleanup_worker.domain.change_events import (
     CdcMapping,
     NeedsRowMemory,
@@ -20,6 +21,7 @@ from cleanup_worker.domain.change_events import (
     map_change,
 )
 from cleanup_worker.domain.events import Change
+from cleanup_worker.service.apply.change_events import ChangeEventClassifier, RowEvents
 
 T = datetime(2026, 11, 26, 14, 3, 7, 512345, tzinfo=UTC)
 STATEFUL = CdcMapping(state_column="state", removed_states=frozenset({"removed", "suspended"}))
@@ -242,3 +244,27 @@ def test_every_integer_encoding_of_a_time_decodes_without_its_schema(when: datet
         decode_time(when.isoformat().replace("+00:00", "Z"), "io.debezium.time.ZonedTimestamp")
         == when
     )
+
+
+def record(op: str, account: str, user: str, lsn: int) -> Record:
+    source = {**SOURCE, "lsn": lsn}
+    after = {"id": 1, "account_id": account, "iam_id": user, "state": "active"}
+    payload = {"before": None, "after": after, "source": source, "op": op}
+    return Record("t", 0, lsn, 0, b'{"id": 1}', json.dumps(payload).encode(), ())
+
+
+def test_a_redelivered_older_change_never_removes_the_rows_later_member() -> None:
+    """Row 1 names A, then B; the connector re-sends the insert of A: B is not removed."""
+    classify = ChangeEventClassifier(STATEFUL, ["t"])
+    first = classify(record("c", "a", "A", 10))
+    moved = classify(record("u", "a", "B", 20))
+    again = classify(record("c", "a", "A", 10))
+    assert isinstance(first, RowEvents)
+    assert isinstance(moved, RowEvents)
+    assert isinstance(again, RowEvents)
+    assert [(e.member, e.change) for e in moved.events] == [
+        (("a", "A"), Change.REMOVED),
+        (("a", "B"), Change.ADDED),
+    ]
+    assert [(e.member, e.change) for e in again.events] == [(("a", "A"), Change.ADDED)]
+    assert again.events[0].identity == first.events[0].identity

@@ -129,7 +129,7 @@ def inspect(
     classify: RecordClassifier,
     *,
     done: redrives.Redriven | None = None,
-    remembered: dict[tuple[str, str], Member] | None = None,
+    remembered: dict[tuple[str, str], tuple[Member, int]] | None = None,
 ) -> DeadLetter:
     """Decodes the provenance and classifies the record with today's rules, settings and clock.
 
@@ -193,7 +193,7 @@ async def read_dead_letters(
 
 async def _remembered(
     pool: Pool, classify: RecordClassifier, records: list[Record]
-) -> dict[tuple[str, str], Member]:
+) -> dict[tuple[str, str], tuple[Member, int]]:
     """The remembered rows of the dead-lettered deletes that need one (docs/cdc.md)."""
     if classify.changes is None:
         return {}

@@ -19,7 +19,7 @@ ON CONFLICT (source, row_key) DO UPDATE
 """
 
 _RECALL = """
-SELECT r.source, r.row_key, r.account_id, r.iam_id
+SELECT r.source, r.row_key, r.account_id, r.iam_id, r.position
   FROM cdc_rows r
   JOIN unnest($1::text[], $2::text[]) AS q(source, row_key) USING (source, row_key)
 """
@@ -52,9 +52,11 @@ async def remember(conn: Connection, rows: Sequence[RowMember]) -> None:
 
 async def recall(
     conn: Connection, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], Member]:
-    """The remembered member of each (source, row key) that has one."""
+) -> dict[tuple[str, str], tuple[Member, int]]:
+    """The remembered member of each (source, row key) that has one, with its position."""
     if not keys:
         return {}
     rows = await conn.fetch(_RECALL, [k[0] for k in keys], [k[1] for k in keys])
-    return {(r["source"], r["row_key"]): (r["account_id"], r["iam_id"]) for r in rows}
+    return {
+        (r["source"], r["row_key"]): ((r["account_id"], r["iam_id"]), r["position"]) for r in rows
+    }

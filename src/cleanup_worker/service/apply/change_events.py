@@ -43,7 +43,8 @@ class ChangeEventClassifier:
     def __init__(self, mapping: CdcMapping, topics: Iterable[str]) -> None:
         self.mapping = mapping
         self.topics = frozenset(topics)
-        self._memo: OrderedDict[tuple[str, str], Member] = OrderedDict()
+        # (source, row key) -> (member, position of the change that named it)
+        self._memo: OrderedDict[tuple[str, str], tuple[Member, int]] = OrderedDict()
 
     def __call__(self, record: Record) -> RowEvents | NeedsRowMemory | IgnoredEvent | Failure:
         try:
@@ -62,8 +63,11 @@ class ChangeEventClassifier:
             return Failure(Unmappable.__name__, f"change event: {exc}")
         return self._note(change, found)
 
-    def resolved(self, pending: NeedsRowMemory, member: Member | None) -> RowEvents | Failure:
+    def resolved(
+        self, pending: NeedsRowMemory, remembered: tuple[Member, int] | None
+    ) -> RowEvents | Failure:
         """A delete that needed the remembered row, given what `cdc_rows` remembered."""
+        member = _before(remembered, pending.change)
         if member is None:
             return Failure(
                 Unmappable.__name__, f"change event: {never_seen(pending.change, self.mapping)}"
@@ -89,7 +93,9 @@ class ChangeEventClassifier:
         events, remember = found
         if remember is not None:
             key = (remember.source, remember.row_key)
-            self._memo[key] = remember.member
+            known = self._memo.get(key)
+            if known is None or known[1] < remember.position:  # a redelivery says no news
+                self._memo[key] = (remember.member, remember.position)
             self._memo.move_to_end(key)
             while len(self._memo) > _MEMO_ROWS:
                 self._memo.popitem(last=False)
@@ -97,4 +103,12 @@ class ChangeEventClassifier:
 
     def _recall(self, change: RowChange) -> Member | None:
         key = change.row_key_text
-        return None if key is None else self._memo.get((change.source, key))
+        return None if key is None else _before(self._memo.get((change.source, key)), change)
+
+
+def _before(remembered: tuple[Member, int] | None, change: RowChange) -> Member | None:
+    """The member a row named before `change`; a later change's member (known when an older
+    change is delivered again) says nothing about the row before this one."""
+    if remembered is None or remembered[1] >= change.position:
+        return None
+    return remembered[0]
