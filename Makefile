@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install services services-secure services-down tools check test unit fuzz demo bench schema clean producers chaos
+.PHONY: install services services-secure services-down tools check test unit fuzz demo demo-cdc bench schema clean producers chaos
 
 install: $(VENV)/.installed
 
@@ -32,8 +32,9 @@ $(PRODUCERS)/java/.installed: tests/producers/pom.xml
 	mvn -q -B -f $< generate-resources -Dlib.dir=$(CURDIR)/$(@D)
 	touch $@
 
+# --cdc: also Kafka Connect with Debezium and a sample membership table (the CDC tests).
 services:
-	scripts/dev-services up
+	scripts/dev-services up --cdc
 
 # Also TLS, SASL_SSL/SCRAM, mTLS and ACLs; writes .dev/secure.env and .dev/secure-mtls.env.
 services-secure:
@@ -78,6 +79,10 @@ chaos: install services tools
 # The README's first command: everything end to end on the local services.
 demo: install services
 	$(BIN)/python scripts/demo.py
+
+# Memberships kept in a table: a row deleted in the directory's table, the keys revoked.
+demo-cdc: install services
+	$(BIN)/python scripts/demo_cdc.py
 
 schema: install
 	$(BIN)/python -m cleanup_worker.adapters.cloudevents.schema > docs/event-schema.json

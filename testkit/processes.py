@@ -68,6 +68,12 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     for name in ("late_keys", "late_key_settle_s", "late_key_sweep_interval_s"):
         if getattr(settings, name) != Settings.model_fields[name].default:
             env[f"CLEANUP_{name.upper()}"] = str(getattr(settings, name))
+    if settings.cdc_topics:
+        env["CLEANUP_CDC_TOPICS"] = ",".join(settings.cdc_topics)
+        env["CLEANUP_CDC_REMOVED_STATES"] = ",".join(settings.cdc_removed_states)
+    for name in ("cdc_account_column", "cdc_user_column", "cdc_state_column", "cdc_time_column"):
+        if getattr(settings, name) is not None:
+            env[f"CLEANUP_{name.upper()}"] = str(getattr(settings, name))
     env.update(security_env(settings))
     env.update(extra)
     return env

@@ -32,6 +32,7 @@ from cleanup_worker.adapters.postgres.migrator import Migration, migrate
 from cleanup_worker.errors import ServiceUnavailable
 from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import Reachability, retrying
+from cleanup_worker.service.apply.change_events import ChangeEventClassifier
 from cleanup_worker.service.apply.classify import RecordClassifier
 from cleanup_worker.service.apply.handler import BatchHandler
 from cleanup_worker.service.backfill.job import Backfill
@@ -130,6 +131,9 @@ def build_handler(
             types=settings.event_types,
             max_bytes=settings.max_event_bytes,
             max_future_skew_s=settings.max_future_skew_s,
+            changes=ChangeEventClassifier(settings.cdc_mapping, settings.cdc_topics)
+            if settings.cdc_topics
+            else None,
         ),
         announce=settings.announce_revocations,
         on_revoked=relay.wake if relay else None,
@@ -166,7 +170,7 @@ async def late_key_sweeper(
                     await client.start()
         stack.push_async_callback(consumer.stop)
         stack.push_async_callback(admin.close)
-        progress = GroupProgress(consumer, admin, settings.kafka_group_id, settings.kafka_topics)
+        progress = GroupProgress(consumer, admin, settings.kafka_group_id, settings.consumed_topics)
     return LateKeySweeper(
         pool,
         progress=progress,
@@ -222,7 +226,7 @@ async def build_consumer(
         consumer=kafka.group_consumer(settings),
         handler=build_handler(settings, pool, dead_letters, health, relay, database=database),
         health=health,
-        topics=settings.kafka_topics,
+        topics=settings.consumed_topics,
         max_records=settings.batch_max_records,
         wait_ms=settings.batch_wait_ms,
         max_in_flight=settings.batches_in_flight,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cleanup_worker.domain.change_events import CdcMapping
 from cleanup_worker.domain.events import EventTypes
 from cleanup_worker.errors import ConfigurationError
 
@@ -65,6 +66,14 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=65_536, ge=256, le=10_485_760)
     max_future_skew_s: float = Field(default=300.0, ge=0)
 
+    # The change-event input (docs/cdc.md): Debezium change events of a membership table.
+    cdc_topics: CommaList = Field(default_factory=list)
+    cdc_account_column: str = Field(default="account_id", min_length=1)
+    cdc_user_column: str = Field(default="iam_id", min_length=1)
+    cdc_state_column: str | None = Field(default=None, min_length=1)
+    cdc_removed_states: CommaList = Field(default_factory=list)
+    cdc_time_column: str | None = Field(default=None, min_length=1)
+
     revocations_topic: str | None = Field(default=None, min_length=1)
     revocation_event_type: str = Field(default="api_key.revoked", min_length=1)
     revocation_event_source: str = Field(default="/cleanup-worker", min_length=1)
@@ -99,7 +108,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     _split = field_validator(
-        "kafka_topics", "event_types_added", "event_types_removed", mode="before"
+        "kafka_topics",
+        "event_types_added",
+        "event_types_removed",
+        "cdc_topics",
+        "cdc_removed_states",
+        mode="before",
     )(_split_commas)
 
     @field_validator("database_url")
@@ -121,6 +135,7 @@ class Settings(BaseSettings):
             raise ValueError("dlq_topic must not be one of kafka_topics")
         if self.revocations_topic in (*self.kafka_topics, self.dlq_topic):
             raise ValueError("revocations_topic must differ from kafka_topics and dlq_topic")
+        self._check_cdc()
         sasl = self.kafka_security_protocol.startswith("SASL_")
         if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
             raise ValueError(
@@ -131,6 +146,33 @@ class Settings(BaseSettings):
         if self.kafka_ssl_key_password and not self.kafka_ssl_certfile:
             raise ValueError("kafka_ssl_key_password needs kafka_ssl_certfile")
         return self
+
+    def _check_cdc(self) -> None:
+        if set(self.cdc_topics) & {*self.kafka_topics, self.dlq_topic, self.revocations_topic}:
+            raise ValueError(
+                "cdc_topics must differ from kafka_topics, dlq_topic and revocations_topic"
+            )
+        if self.cdc_state_column and not self.cdc_removed_states:
+            raise ValueError("cdc_removed_states: required with cdc_state_column")
+        if self.cdc_removed_states and not self.cdc_state_column:
+            raise ValueError("cdc_state_column: required with cdc_removed_states")
+        if self.cdc_account_column == self.cdc_user_column:
+            raise ValueError("cdc_account_column and cdc_user_column name the same column")
+
+    @property
+    def consumed_topics(self) -> list[str]:
+        """Every topic the worker consumes: CloudEvents topics, then change-event topics."""
+        return [*self.kafka_topics, *self.cdc_topics]
+
+    @property
+    def cdc_mapping(self) -> CdcMapping:
+        return CdcMapping(
+            account_column=self.cdc_account_column,
+            user_column=self.cdc_user_column,
+            state_column=self.cdc_state_column,
+            removed_states=frozenset(self.cdc_removed_states),
+            time_column=self.cdc_time_column,
+        )
 
     @property
     def event_types(self) -> EventTypes:

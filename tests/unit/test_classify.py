@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from cleanup_worker.adapters.kafka.clients import Record
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import beyond_clock_skew
-from cleanup_worker.service.apply.classify import Failure, FutureDated, RecordClassifier
+from cleanup_worker.service.apply.classify import FutureDated, RecordClassifier
+from cleanup_worker.service.apply.failure import Failure
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SECRET = "IBMid-SECRET-7Q9z"

@@ -7,7 +7,7 @@ import pytest
 
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.adapters.kafka.clients import Record
-from cleanup_worker.service.apply.classify import Failure
+from cleanup_worker.service.apply.failure import Failure
 
 FAILURE = Failure("MalformedEvent", "value: not valid JSON " + "x" * 5000)
 

@@ -57,6 +57,19 @@ def test_type_names_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
             {"CLEANUP_DATABASE_URL": DB, "CLEANUP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
             "kafka_sasl_mechanism",
         ),
+        (
+            {"CLEANUP_DATABASE_URL": DB, "CLEANUP_CDC_STATE_COLUMN": "state"},
+            "cdc_removed_states",
+        ),
+        (
+            {"CLEANUP_DATABASE_URL": DB, "CLEANUP_CDC_REMOVED_STATES": "removed"},
+            "cdc_state_column",
+        ),
+        (
+            {"CLEANUP_DATABASE_URL": DB, "CLEANUP_CDC_TOPICS": "account-membership"},
+            "cdc_topics",
+        ),
+        ({"CLEANUP_DATABASE_URL": DB, "CLEANUP_CDC_TIME_COLUMN": ""}, "CLEANUP_CDC_TIME_COLUMN"),
     ],
 )
 def test_bad_setting_is_named(

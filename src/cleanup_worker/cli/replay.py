@@ -129,7 +129,7 @@ def replay(
     """
     start, stop = _when(from_), _when(to)
     settings = settings_or_exit(needs_kafka=True)
-    topics = topic or settings.kafka_topics
+    topics = topic or settings.consumed_topics
     if settings.dlq_topic in topics:
         raise typer.BadParameter(
             "that is the dead-letter topic: use `dlq redrive`", param_hint="--topic"

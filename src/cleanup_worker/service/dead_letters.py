@@ -18,11 +18,13 @@ from typing import Any, Literal
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.adapters.kafka.clients import Admin, PartitionReader, Record
 from cleanup_worker.adapters.kafka.windows import WindowReader, resolve_window
-from cleanup_worker.adapters.postgres import redrives
+from cleanup_worker.adapters.postgres import cdc_rows, redrives
 from cleanup_worker.adapters.postgres.connections import Pool
-from cleanup_worker.domain.events import IgnoredEvent, MembershipEvent
+from cleanup_worker.domain.change_events import NeedsRowMemory
+from cleanup_worker.domain.events import IgnoredEvent, Member, MembershipEvent
 from cleanup_worker.logging import get_logger
-from cleanup_worker.service.apply.classify import FutureDated, RecordClassifier
+from cleanup_worker.service.apply.classify import ChangeEvents, FutureDated, RecordClassifier
+from cleanup_worker.service.apply.failure import Failure
 from cleanup_worker.service.apply.handler import BatchHandler, BatchOutcome
 from cleanup_worker.service.replay import summarize
 
@@ -123,15 +125,33 @@ class DeadLetter:
 
 
 def inspect(
-    record: Record, classify: RecordClassifier, *, done: redrives.Redriven | None = None
+    record: Record,
+    classify: RecordClassifier,
+    *,
+    done: redrives.Redriven | None = None,
+    remembered: dict[tuple[str, str], tuple[Member, int]] | None = None,
 ) -> DeadLetter:
     """Decodes the provenance and classifies the record with today's rules, settings and clock.
 
     A future-dated letter has no event to apply yet: it becomes one once its time has come.
+    A change event is classified as read from its original topic (the CDC topics' records
+    are change events); a delete that needs a remembered row is resolved from `remembered`.
     """
     provenance = dlq.decode_provenance(dict(record.headers))
     redriven = done if done is not None and done.fingerprint == fingerprint(record) else None
-    found = classify(record)
+    original = DeadLetter(record, provenance, "malformed", None, None).original()
+    found = classify(original)
+    if isinstance(found, NeedsRowMemory) and classify.changes is not None:
+        key = (found.change.source, found.change.row_key_text or "")
+        resolved = classify.changes.resolved(found, (remembered or {}).get(key))
+        found = resolved if isinstance(resolved, Failure) else classify.dated(resolved)
+    if isinstance(found, ChangeEvents):
+        first = found.events[0]
+        if isinstance(first, FutureDated):
+            return DeadLetter(record, provenance, "future", first.failure.message, None, redriven)
+        found = first
+    if isinstance(found, NeedsRowMemory):
+        return DeadLetter(record, provenance, "malformed", "needs a remembered row", None, redriven)
     if isinstance(found, MembershipEvent):
         return DeadLetter(record, provenance, "event", None, found, redriven)
     if isinstance(found, IgnoredEvent):
@@ -164,7 +184,35 @@ async def read_dead_letters(
         read += len(records)
         if on_progress:
             on_progress(read, total)
-        yield [inspect(r, classify, done=done.get((r.partition, r.offset))) for r in records]
+        remembered = await _remembered(pool, classify, records)
+        yield [
+            inspect(r, classify, done=done.get((r.partition, r.offset)), remembered=remembered)
+            for r in records
+        ]
+
+
+async def _remembered(
+    pool: Pool, classify: RecordClassifier, records: list[Record]
+) -> dict[tuple[str, str], tuple[Member, int]]:
+    """The remembered rows of the dead-lettered deletes that need one (docs/cdc.md)."""
+    if classify.changes is None:
+        return {}
+    keys = []
+    for record in records:
+        letter = DeadLetter(
+            record, dlq.decode_provenance(dict(record.headers)), "malformed", None, None
+        )
+        found = (
+            classify.changes(letter.original())
+            if letter.original().topic in classify.changes.topics
+            else None
+        )
+        if isinstance(found, NeedsRowMemory):
+            keys.append((found.change.source, found.change.row_key_text or ""))
+    if not keys:
+        return {}
+    async with pool.acquire() as conn:
+        return await cdc_rows.recall(conn, keys)
 
 
 @dataclass

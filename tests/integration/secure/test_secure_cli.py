@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.adapters.kafka.clients import Record
-from cleanup_worker.service.apply.classify import Failure
+from cleanup_worker.service.apply.failure import Failure
 from cleanup_worker.settings import Settings
 from testkit.database import revoked_keys, seed_key
 from testkit.events import at, event, structured

@@ -14,21 +14,16 @@ from datetime import UTC, datetime
 from cleanup_worker.adapters.cloudevents.binding import parse_record
 from cleanup_worker.adapters.kafka.clients import Record
 from cleanup_worker.adapters.kafka.dead_letter_topic import UNREADABLE
+from cleanup_worker.domain.change_events import NeedsRowMemory
 from cleanup_worker.domain.events import EventTypes, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import beyond_clock_skew
 from cleanup_worker.errors import MalformedEvent
+from cleanup_worker.service.apply.change_events import ChangeEventClassifier, RowEvents
+from cleanup_worker.service.apply.failure import Failure
 
 # The error class a future-dated event is dead-lettered with. It is a verdict, not an
 # exception: nothing raises it, and the dead letter, `dlq list` and the alert name it.
 FUTURE_DATED = "FutureDatedEvent"
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why a record could not be applied; the message is safe to log (no payload)."""
-
-    error_class: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +34,16 @@ class FutureDated:
     failure: Failure
 
 
-Classified = MembershipEvent | IgnoredEvent | FutureDated | Failure
+@dataclass(frozen=True, slots=True)
+class ChangeEvents:
+    """A change event of the CDC topics: its events (each applied or future-dated, like any
+    event) and the row member to remember for later deletes."""
+
+    events: tuple[MembershipEvent | FutureDated, ...]
+    row: RowEvents
+
+
+Classified = MembershipEvent | IgnoredEvent | FutureDated | Failure | ChangeEvents | NeedsRowMemory
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +55,15 @@ class RecordClassifier:
     max_bytes: int
     max_future_skew_s: float
     clock: Callable[[], float] = time.time
+    # The CDC topics' records are Debezium change events (docs/cdc.md); None: no CDC input.
+    changes: ChangeEventClassifier | None = None
 
     def __call__(self, record: Record) -> Classified:
         if record.unreadable is not None:
             return Failure(UNREADABLE, record.unreadable)
+        if self.changes is not None and record.topic in self.changes.topics:
+            found = self.changes(record)
+            return self.dated(found) if isinstance(found, RowEvents) else found
         try:
             parsed = parse_record(
                 record.value,
@@ -71,6 +80,16 @@ class RecordClassifier:
         if beyond_clock_skew(parsed.time, now, self.max_future_skew_s):
             return FutureDated(parsed, self._future_failure(parsed, now))
         return parsed
+
+    def dated(self, row: RowEvents) -> ChangeEvents:
+        """A change's events with the clock-skew rule applied to each."""
+        return ChangeEvents(tuple(self._skew_checked(event) for event in row.events), row)
+
+    def _skew_checked(self, event: MembershipEvent) -> MembershipEvent | FutureDated:
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        if beyond_clock_skew(event.time, now, self.max_future_skew_s):
+            return FutureDated(event, self._future_failure(event, now))
+        return event
 
     def _future_failure(self, event: MembershipEvent, now: datetime) -> Failure:
         ahead = (event.time - now).total_seconds()

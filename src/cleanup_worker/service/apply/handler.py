@@ -18,13 +18,22 @@ from cleanup_worker.adapters.kafka.clients import Record
 from cleanup_worker.adapters.postgres import keys
 from cleanup_worker.adapters.postgres.connections import Pool
 from cleanup_worker.adapters.postgres.sqlstate import describe, is_per_event, is_transient
+from cleanup_worker.domain.change_events import CDC_TYPES, NeedsRowMemory
 from cleanup_worker.domain.events import Change, IgnoredEvent, MembershipEvent
 from cleanup_worker.domain.rules import unique_events
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
 from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.apply.batch_transaction import apply_events
-from cleanup_worker.service.apply.classify import Failure, FutureDated, RecordClassifier
+from cleanup_worker.service.apply.classify import (
+    ChangeEvents,
+    FutureDated,
+    RecordClassifier,
+)
+from cleanup_worker.service.apply.failure import Failure
+from cleanup_worker.service.apply.parsed_batch import ParsedBatch, settle_rows
+
+__all__ = ["BatchHandler", "BatchOutcome", "DeadLetterSink", "Outcome", "ParsedBatch"]
 
 log = get_logger(__name__)
 
@@ -80,16 +89,6 @@ class BatchOutcome:
         }
 
 
-@dataclass
-class ParsedBatch:
-    """Records sorted by what they turned out to be."""
-
-    valid: list[tuple[Record, MembershipEvent]] = field(default_factory=list)
-    ignored: list[IgnoredEvent] = field(default_factory=list)
-    malformed: list[tuple[Record, Failure]] = field(default_factory=list)
-    future: list[tuple[Record, FutureDated]] = field(default_factory=list)
-
-
 class _DryRunRollback(Exception):
     """Raised inside the transaction of a dry run so that nothing it did is kept."""
 
@@ -130,7 +129,7 @@ class BatchHandler:
 
     def _type_label(self, event_type: str) -> str:
         # Bounded label values: configured names, or "other".
-        known = self._types.added | self._types.removed
+        known = self._types.added | self._types.removed | CDC_TYPES
         return event_type if event_type in known else "other"
 
     def parse(self, records: Sequence[Record]) -> ParsedBatch:
@@ -145,6 +144,10 @@ class BatchHandler:
                 batch.ignored.append(found)
             elif isinstance(found, FutureDated):
                 batch.future.append((record, found))
+            elif isinstance(found, ChangeEvents):
+                batch.add_change(record, found)
+            elif isinstance(found, NeedsRowMemory):
+                batch.unresolved.append((record, found))
             else:
                 batch.malformed.append((record, found))
         return batch
@@ -161,6 +164,15 @@ class BatchHandler:
     ) -> BatchOutcome:
         """`handle` for a batch already parsed."""
         outcome = BatchOutcome()
+        if batch.unresolved or batch.remember:
+            await settle_rows(
+                batch,
+                self._pool,
+                self._classify,
+                dry_run=dry_run,
+                retry_max_wait_s=self._retry_max_wait_s,
+                database=self._database,
+            )
         for record, failure in batch.malformed:
             await self._dead_letter(record, failure, dry_run)
             outcome.dead_lettered += 1
