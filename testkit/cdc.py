@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,9 +23,9 @@ from dotenv import dotenv_values
 
 from cleanup_worker.settings import Settings
 from testkit.kafka import create_topic
+from testkit.services import ROOT
 from testkit.waiting import eventually
 
-ROOT = Path(__file__).resolve().parents[2]
 HOW_TO = "no Kafka Connect for the CDC tests: run `scripts/dev-services up --cdc`"
 
 
