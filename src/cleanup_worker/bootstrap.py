@@ -41,7 +41,7 @@ from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Reporter, Summary
 from cleanup_worker.service.doctor.run import Diagnosis, diagnose
 from cleanup_worker.service.explain import Explanation, explain_key, explain_member
-from cleanup_worker.service.report.figures import build_report
+from cleanup_worker.service.report.figures import build_report, invariant
 from cleanup_worker.service.run.consumer import ConsumerLoop
 from cleanup_worker.service.run.invariant import InvariantWatch
 from cleanup_worker.service.run.late_keys import LateKeySweeper
@@ -320,9 +320,17 @@ async def explain(
 async def report(
     settings: Settings, start: datetime, end: datetime, slo_s: float, *, assess: bool
 ) -> dict[str, Any]:
-    """`cleanup-worker report`: one read-only connection, as the operator's login."""
+    """`cleanup-worker report`, as the operator's login: the period's figures and, on a second
+    connection at the same time, the invariant's assessment (both read every key)."""
     async with postgres.connect(settings) as conn:
-        return await build_report(conn, start, end, slo_s, assess=assess)
+        if not assess:
+            return await build_report(conn, start, end, slo_s, assess=False)
+        async with postgres.connect(settings) as other:
+            document, found = await asyncio.gather(
+                build_report(conn, start, end, slo_s, assess=False), invariant(other)
+            )
+    document["invariant"] = found
+    return document
 
 
 async def doctor(settings: Settings) -> Diagnosis:

@@ -26,8 +26,7 @@ def doctor(
     *,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Check the estate before turning the worker on: tables, indexes, R4's trigger, grants,
-    migrations, clocks, broker, topics, the principal's rights, and the settings."""
+    """Check the estate, read-only: tables, indexes, trigger, grants, clocks, broker, topics."""
     from cleanup_worker.bootstrap import doctor as run_doctor  # noqa: PLC0415 - fast --help
 
     settings = settings_or_exit()

@@ -45,8 +45,7 @@ def explain(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
-    """Why a key is live or revoked: the member's applied history, state, and each key's
-    fate with the rule that decided it and its notice."""
+    """Why a key is live or revoked: a member's history, and each key's fate and rule."""
     if (member is None) == (key is None):
         fail("give exactly one of --member ACCOUNT/IAM_ID or --key KEY_ID", EXIT_CONFIG)
     target: tuple[str, str] | None = None

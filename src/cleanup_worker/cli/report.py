@@ -52,8 +52,7 @@ def report(
         ),
     ] = True,
 ) -> None:
-    """Revocation timeliness for auditors: exposure per rule and day, the share within the
-    SLO, the slowest revocations and where their time went, live keys of removed members."""
+    """Revocation timeliness for auditors: exposure per rule and day, against the SLO."""
     from cleanup_worker.bootstrap import report as build  # noqa: PLC0415 - keeps --help fast
     from cleanup_worker.service.report.figures import parse_when  # noqa: PLC0415
     from cleanup_worker.service.report.html import render_html  # noqa: PLC0415

@@ -166,6 +166,11 @@ async def revocation_figures(
         # timeout, and memory enough to hash the removals and sort the exposures in memory.
         await conn.execute("SET LOCAL statement_timeout = 0")
         await conn.execute("SET LOCAL work_mem = '512MB'")
+        # The join on the reference is an expression the planner cannot estimate: it prices a
+        # hash join at billions and picks a merge join that sorts every key of the period on
+        # disk (55 s for a year of 15 M revocations), where the parallel hash join of the
+        # ledger's removals takes 35 s (docs/performance.md, "Report and explain").
+        await conn.execute("SET LOCAL enable_mergejoin = off")
         await conn.execute(_COLLECT, start, end)
         await conn.execute(_WEIGH)
         counts = await conn.fetch(_COUNTS)
