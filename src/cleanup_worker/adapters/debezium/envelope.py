@@ -64,7 +64,7 @@ def decode_change(
         after=after,
         row_key=_row_key(key),
         source=_source_name(source),
-        position=_position(source),
+        position=_position(source, op),
         commit_time=_commit_time(source, envelope),
         column_time=column_time,
         origin=origin,
@@ -156,10 +156,15 @@ def _source_name(source: Mapping[str, Any]) -> str:
     return "debezium://" + "/".join(str(p) for p in parts if p)
 
 
-def _position(source: Mapping[str, Any]) -> int:
+def _position(source: Mapping[str, Any], op: str) -> int:
+    """The change's place in the source's history: its LSN, doubled, plus one for a streamed
+    change. A snapshot read carries the LSN of the slot's consistent point, which the first
+    change streamed after the snapshot can carry too; the read shows the row as it was
+    before that change, so at one LSN it must sort first (else a delete right after the
+    snapshot would not find the row the snapshot remembered)."""
     lsn = source.get("lsn")
     if isinstance(lsn, int) and not isinstance(lsn, bool) and lsn >= 0:
-        return lsn
+        return lsn * 2 + (0 if op == "r" else 1)
     raise Unmappable("source of the envelope has no LSN (a PostgreSQL connector gives one)")
 
 
