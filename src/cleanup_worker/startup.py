@@ -1,7 +1,7 @@
 """What every program sets once at start, before it builds anything: its logs, its retry
 hooks, and the filter that turns the Kafka client's own log noise into named causes.
 
-Kept apart from the composition root (bootstrap.py) so that a command that needs no Kafka
+Kept apart from the composition root (bootstrap/) so that a command that needs no Kafka
 client (migrate, backfill) does not load one just to configure its logs.
 """
 

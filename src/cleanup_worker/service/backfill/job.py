@@ -1,6 +1,6 @@
 """`cleanup-worker backfill`: finds the keys R5 orphans and, with `--execute`, revokes them.
 
-One dedicated connection, opened as bootstrap.py says, carries the whole run: it holds the
+One dedicated connection, opened as bootstrap/ says, carries the whole run: it holds the
 session advisory lock (one backfill at a time), the TEMP tables (the memberships file, the
 candidates), and each batch's short transaction. The steps:
 
