@@ -206,7 +206,9 @@ def worker_env(
         kafka_group_id=group,
     )
     return processes.worker_env(
-        settings, CLEANUP_HTTP_PORT=str(free_port()), CLEANUP_LOG_LEVEL="warning", **(extra or {})
+        settings,
+        CLEANUP_HTTP_PORT=str(free_port()),
+        **{"CLEANUP_LOG_LEVEL": "warning", **(extra or {})},
     )
 
 
@@ -340,17 +342,17 @@ async def main(args: argparse.Namespace) -> None:
         await db.close()
 
     p50, p99 = percentile(lag, 0.50), percentile(lag, 0.99)
+    within_25 = lag[0.025] / lag[float("inf")]
     within_50 = lag[0.05] / lag[float("inf")]
-    within_200 = lag[0.2] / lag[float("inf")]
     mib = 1024 * 1024
     rows = [
-        ("throughput >= 5x naive", f"{worker_rate / naive_rate:.1f}x", worker_rate >= 5 * naive_rate),
-        ("throughput >= 50% of set-based UPDATE", f"{worker_rate / update_rate:.0%}",
-         worker_rate >= 0.5 * update_rate),
-        (f"lag p50 <= 50 ms at {args.rate}/s", f"{p50 * 1000:.0f} ms ({within_50:.1%} <= 50 ms)",
-         within_50 >= 0.5),
-        (f"lag p99 <= 200 ms at {args.rate}/s", f"{p99 * 1000:.0f} ms ({within_200:.1%} <= 200 ms)",
-         within_200 >= 0.99),
+        ("throughput >= 20x naive", f"{worker_rate / naive_rate:.1f}x", worker_rate >= 20 * naive_rate),
+        ("throughput >= 80% of set-based UPDATE", f"{worker_rate / update_rate:.0%}",
+         worker_rate >= 0.8 * update_rate),
+        (f"lag p50 <= 25 ms at {args.rate}/s", f"{p50 * 1000:.0f} ms ({within_25:.1%} <= 25 ms)",
+         within_25 >= 0.5),
+        (f"lag p99 <= 50 ms at {args.rate}/s", f"{p99 * 1000:.0f} ms ({within_50:.1%} <= 50 ms)",
+         within_50 >= 0.99),
         ("worker RSS <= 150 MB", f"peak {worker.peak_rss / mib:.0f} MiB, steady {steady_rss / mib:.0f} MiB",
          worker.peak_rss <= 150 * 1000 * 1000),
     ]  # fmt: skip

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from cleanup_worker.adapters.postgres import keys, memberships
+from cleanup_worker.adapters.postgres.connections import BATCH_PLANNER
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 MEMBERS = 30
@@ -125,7 +126,8 @@ async def test_batch_statement_keeps_to_indexes_as_tables_grow(db: Any, name: st
     sql, args = STATEMENTS[name]
     placeholders = ", ".join(_literal(arg) for arg in args)
     async with db.transaction():
-        await memberships.prefer_index_lookups(db)
+        for name, value in BATCH_PLANNER.items():  # as the batch pools' sessions have them
+            await db.execute(f"SET LOCAL {name} = {value}")
         await db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await db.execute(f"PREPARE batch_statement AS {sql}")
         await db.execute(f"EXECUTE batch_statement({placeholders})")

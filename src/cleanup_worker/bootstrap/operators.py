@@ -89,7 +89,7 @@ async def operator_clients(settings: Settings) -> AsyncIterator[OperatorClients]
             raise ServiceUnavailable(f"Kafka unreachable ({type(exc).__name__})") from None
         try:
             async with asyncio.timeout(settings.database_connect_timeout_s):
-                pool = await postgres.create_pool(settings, max_size=2)
+                pool = await postgres.create_pool(settings, max_size=2, batches=True)
         except TimeoutError:
             raise ServiceUnavailable(
                 f"database unreachable after {settings.database_connect_timeout_s:g}s"

@@ -158,7 +158,7 @@ async def build_consumer(
     stack.push_async_callback(database.close)
     # One connection more for the late-key sweep.
     pool = await postgres.create_pool(
-        settings, max_size=settings.database_pool_size + 1, reachable=database
+        settings, max_size=settings.database_pool_size + 1, reachable=database, batches=True
     )
     stack.push_async_callback(pool.close)
     producer = await start_producer(settings, stack)

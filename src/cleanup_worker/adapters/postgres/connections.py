@@ -42,6 +42,20 @@ SESSION_LIMITS = {
 }
 
 
+# Every batch statement joins a few hundred (account, iam) pairs to large tables through
+# their indexes. With a batch of a few thousand the planner may prefer hashing a whole table
+# instead, which grows with the table rather than the batch; this keeps the cost proportional
+# to the batch. Set for the sessions of the pools that apply batches: a `SET LOCAL` in each
+# transaction was a round trip on every batch's path.
+BATCH_PLANNER = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
+
+
+async def _keep_session(_: object) -> None:
+    """A batch pool's reset between uses: nothing. asyncpg's default sends one more query
+    on every release (unlock advisory locks, close cursors, UNLISTEN, RESET ALL), and a batch
+    connection holds none of those; an open transaction is still rolled back by asyncpg."""
+
+
 def command_timeout_s(settings: Settings) -> float:
     """The client's bound on one statement: the server's statement timeout, and a margin for
     the answer to arrive. A stalled link ends a statement (and its rollback) after this."""
@@ -81,12 +95,17 @@ def reachability(settings: Settings) -> Reachability:
 
 
 async def create_pool(
-    settings: Settings, *, max_size: int | None = None, reachable: Reachability | None = None
+    settings: Settings,
+    *,
+    max_size: int | None = None,
+    reachable: Reachability | None = None,
+    batches: bool = False,
 ) -> Pool:
     """A pool that keeps trying to reach the database until it answers (start-up may race it).
 
     A refused login is waited out too: the worker stays unready, with one line a retry naming
     the error, until the password or pg_hba.conf is fixed, instead of crash-looping.
+    `batches`: the pool applies batches (BATCH_PLANNER, and no reset query between uses).
     """
     size = max_size or settings.database_pool_size
 
@@ -111,7 +130,9 @@ async def create_pool(
                     # a valid event as too costly.
                     "lock_timeout": str(min(settings.database_statement_timeout_ms // 2, 10_000)),
                     **SESSION_LIMITS,
+                    **(BATCH_PLANNER if batches else {}),
                 },
+                reset=_keep_session if batches else None,
             )
     raise AssertionError("unreachable: stamina retries forever")  # pragma: no cover
 

@@ -21,17 +21,6 @@ def _columns(members: Iterable[Member]) -> tuple[list[str], list[str]]:
     return accounts, iam_ids
 
 
-# Every batch statement joins a few hundred (account, iam) pairs to large tables through
-# their indexes. With a batch of a few thousand the planner may prefer hashing a whole
-# table instead, which grows with the table rather than the batch; this keeps the cost
-# proportional to the batch, for this transaction only.
-_PREFER_INDEX_LOOKUPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-
-
-async def prefer_index_lookups(conn: Connection) -> None:
-    await conn.execute(_PREFER_INDEX_LOOKUPS)
-
-
 # A member's lock row is created the first time a batch touches it; a concurrent batch
 # inserting the same row waits for ours to end. Sorted, so that batches wait for each other
 # in one order and cannot deadlock.

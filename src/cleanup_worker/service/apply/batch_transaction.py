@@ -35,11 +35,12 @@ async def apply_events(
     announce: bool,
     note_late_keys: bool = False,
 ) -> Applied:
-    """Runs inside the caller's transaction. `events` hold no repeated identity. `announce`:
+    """Runs inside the caller's transaction, on a connection of a batch pool
+    (`create_pool(batches=True)`: its planner settings keep these statements on indexes).
+    `events` hold no repeated identity. `announce`:
     write a revocation notice to the outbox for each key revoked ("Revocation notices",
     docs/design.md). `note_late_keys`: note the keys a removal leaves for R6 to judge."""
     members = sorted({event.member for event in events})
-    await memberships.prefer_index_lookups(conn)
     # First the member locks, so that every later statement sees whatever another replica
     # committed for these members before we got them.
     await memberships.lock_members(conn, members)

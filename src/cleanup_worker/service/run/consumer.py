@@ -2,7 +2,8 @@
 
 fetch (getmany) -> parse -> BatchHandler.apply (one transaction) -> commit offsets of the
 partitions still owned. An offset is committed only after the transaction that applied it,
-and every batch before it, committed.
+and every batch before it, committed; the commit itself is sent in the background
+(committer.py), so the next batch does not wait for the broker's answer.
 
 The offset committed is the consumer's position after the fetch, past transaction markers
 (positions.py).
@@ -26,6 +27,7 @@ from cleanup_worker.observability import metrics
 from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import retrying
 from cleanup_worker.service.apply.handler import BatchHandler, BatchOutcome, ParsedBatch
+from cleanup_worker.service.run.committer import OffsetCommitter
 from cleanup_worker.service.run.positions import CommitPositions
 
 log = get_logger(__name__)
@@ -67,9 +69,10 @@ class ConsumerLoop:
     """Consumes until asked to stop, then drains: finish the batches, commit, leave the group.
 
     Up to `max_in_flight` batch transactions run at once (each on its own connection), so
-    the database can use more than one core; their offsets are committed strictly in fetch
-    order. Running them side by side is safe because the effects do not depend on order, and
-    the member locks serialise batches that touch the same member.
+    the database can use more than one core and, at a trickle, records that arrive while a
+    batch commits start their own at once instead of waiting for it; their offsets are
+    committed strictly in fetch order. Running them side by side is safe because the effects
+    do not depend on order, and the member locks serialise batches that touch the same member.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class ConsumerLoop:
         self._stopping = asyncio.Event()
         self.batches = 0
         self.positions = CommitPositions()
+        self._committer = OffsetCommitter(self._commit)
 
     async def start(self) -> None:
         """Joins the group, retrying while the broker is unreachable or refuses (a missing
@@ -145,12 +149,8 @@ class ConsumerLoop:
                     break  # fetched but not applied: not committed, so redelivered
                 fetching = asyncio.create_task(self._fetch())
                 if fetched.records:
-                    # Batches run side by side only while we are behind (full fetches). At a
-                    # trickle, one at a time lets records pile into the next batch instead of
-                    # a transaction (and an fsync) each.
-                    behind = fetched.records >= self._max_records // 2
-                    allowed = self._max_in_flight if behind else 1
-                    await self._commit_in_order(wait_for_oldest=len(self._in_flight) - allowed + 1)
+                    wait_for = len(self._in_flight) - self._max_in_flight + 1
+                    await self._commit_in_order(wait_for_oldest=wait_for)
                     self._start_batch(fetched, parsed)
                 elif fetched.offsets:  # markers only: committed behind the batches before
                     self._start_batch(fetched, parsed)
@@ -158,6 +158,7 @@ class ConsumerLoop:
             await self._commit_in_order(wait_for_oldest=None)
         finally:
             fetching.cancel()
+            await self._committer.close()
             # Only after a crash are batches left: never committed, so they are redelivered.
             leftovers = [batch.applying for batch in self._in_flight]
             for task in leftovers:
@@ -196,8 +197,8 @@ class ConsumerLoop:
 
     async def _commit_in_order(self, wait_for_oldest: int | None) -> None:
         """Commits the offsets of finished batches, oldest first; waits for the oldest
-        `wait_for_oldest` batches (None: all of them) to finish, and commits those that finished
-        behind them."""
+        `wait_for_oldest` batches (None: all of them, and for the broker to take their offsets)
+        to finish, and commits those that finished behind them."""
         async with self._committing:
             wait_for = len(self._in_flight) if wait_for_oldest is None else wait_for_oldest
             while self._in_flight and (wait_for > 0 or self._in_flight[0].applying.done()):
@@ -209,10 +210,12 @@ class ConsumerLoop:
                     outcome = await asyncio.shield(batch.applying)  # a crash propagates
                     self._in_flight.popleft()
                     wait_for -= 1
-                    await self._commit(batch.offsets)
+                    self._committer.queue(batch.offsets)
                 finally:
                     self.health.done_waiting()
                 self._observe(batch, outcome)
+            if wait_for_oldest is None:
+                await self._committer.flush()
 
     def _observe(self, batch: _InFlight, outcome: BatchOutcome) -> None:
         elapsed = time.perf_counter() - batch.started
