@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from cleanup_worker.service.run.committer import Offsets, OffsetCommitter
+from cleanup_worker.service.run.committer import OffsetCommitter, Offsets
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 
