@@ -141,11 +141,11 @@ async def measure(args: argparse.Namespace, replicas: int) -> list[tuple[str, st
         f"{d99 * 1000:.0f} ms ({during[float('inf')]:.0f} removals)",
         flush=True,
     )
-    within = during[0.2] / during[float("inf")]
+    within = during[0.1] / during[float("inf")]
     return [
         (
-            f"lag p99 <= 200 ms during backfill, {replicas} repl.",
-            f"{d99 * 1000:.0f} ms ({within:.1%} <= 200 ms)",
+            f"lag p99 <= 100 ms during backfill, {replicas} repl.",
+            f"{d99 * 1000:.0f} ms ({within:.1%} <= 100 ms)",
             within >= 0.99,
         )
     ]
