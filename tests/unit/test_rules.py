@@ -87,6 +87,18 @@ def test_removed_makes_removed_without_member_since() -> None:
     assert derive_membership(None, [entry(ADDED, 1, "a"), entry(REMOVED, 2, "b")]) == removed(2)
 
 
+def test_a_lone_removed_makes_removed_at_its_time() -> None:
+    """A member whose only event is a removal is removed as of that event."""
+    assert derive_membership(None, [entry(REMOVED, 2)]) == removed(2)
+
+
+@pytest.mark.parametrize("change", [ADDED, REMOVED])
+def test_a_lone_event_derives_as_it_does_repeated(change: Change) -> None:
+    """The one-event shortcut agrees with the general derivation (a repeat takes that path)."""
+    lone = entry(change, 4, "x")
+    assert derive_membership(None, [lone]) == derive_membership(None, [lone, lone])
+
+
 def test_re_added_user_has_member_since_of_re_add() -> None:
     """After added, removed, added, member_since is the time of the re-add."""
     history = [entry(ADDED, 1, "a"), entry(REMOVED, 2, "b"), entry(ADDED, 3, "c")]
