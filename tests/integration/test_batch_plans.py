@@ -101,8 +101,10 @@ ledger_rows = json.dumps(
 STATEMENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "ensure member locks": (memberships._ENSURE_MEMBER_LOCKS, (accounts, iam_ids)),
     "lock members": (memberships._LOCK_MEMBERS, (accounts, iam_ids)),
-    "capture baselines": (memberships._CAPTURE_BASELINES, (accounts, iam_ids)),
-    "record events": (memberships._RECORD_EVENTS, (ledger_rows,)),
+    "capture baselines, record events": (
+        memberships._CAPTURE_AND_RECORD,
+        (accounts, iam_ids, ledger_rows),
+    ),
     "revoke for removals": (
         keys._REVOKE_FOR_REMOVALS[(False, False)],
         (accounts, iam_ids, [T] * MEMBERS, ["event:/s#x"] * MEMBERS),

@@ -56,6 +56,8 @@ async def lock_members(conn: Connection, members: Sequence[Member]) -> None:
         await conn.execute(_LOCK_MEMBERS, *_columns(existing))
 
 
+# R3's baselines: a row that predates every event of its member is kept as that member's
+# baseline (the members of this batch that have no event in the ledger yet).
 _CAPTURE_BASELINES = """
 INSERT INTO membership_baselines (account_id, iam_id, state, member_since, changed_at)
 SELECT m.account_id, m.iam_id, m.state, m.member_since, m.changed_at
@@ -71,14 +73,41 @@ ON CONFLICT (account_id, iam_id) DO UPDATE SET captured_at = membership_baseline
 RETURNING account_id, iam_id, state, member_since, changed_at
 """
 
+# The batch's events into the ledger; a known (source, id) is a duplicate and changes nothing.
+_RECORD_EVENTS = """
+INSERT INTO membership_events (source, event_id, account_id, iam_id, change, event_time,
+                               event_type, kafka_topic, kafka_partition, kafka_offset,
+                               kafka_timestamp)
+SELECT r.source, r.event_id, r.account_id, r.iam_id, r.change, r.event_time,
+       r.event_type, r.kafka_topic, r.kafka_partition, r.kafka_offset, r.kafka_timestamp
+FROM json_to_recordset($3::json) AS r(
+    source text, event_id text, account_id text, iam_id text, change text,
+    event_time timestamptz, event_type text, kafka_topic text, kafka_partition int,
+    kafka_offset bigint, kafka_timestamp timestamptz)
+ON CONFLICT (source, event_id) DO NOTHING
+RETURNING source, event_id, account_id, iam_id
+"""
 
-async def capture_baselines(
-    conn: Connection, members: Sequence[Member]
-) -> dict[Member, Membership]:
-    """R3: a row that predates every event of its member is kept as that member's baseline.
-    Returns the baselines of the members that have no event in the ledger yet."""
-    rows = await conn.fetch(_CAPTURE_BASELINES, *_columns(members))
-    return {(r["account_id"], r["iam_id"]): _membership(r) for r in rows}
+# Both in one statement, one round trip. Every part reads the ledger as it was before the
+# statement, as when they were two statements in this order: the baselines are those of
+# members without earlier events, and "had history" means events before this batch. LATERAL
+# with LIMIT keeps "had history" an index probe per row; a plain EXISTS may be planned as a
+# hash of the whole ledger when its statistics are stale.
+_CAPTURE_AND_RECORD = f"""
+WITH captured AS ({_CAPTURE_BASELINES}), inserted AS ({_RECORD_EVENTS})
+SELECT true AS event, i.source, i.event_id, i.account_id, i.iam_id,
+       prior.seen IS NOT NULL AS had_history,
+       NULL::text AS state, NULL::timestamptz AS member_since, NULL::timestamptz AS changed_at
+FROM inserted AS i
+LEFT JOIN LATERAL (
+    SELECT true AS seen FROM membership_events AS e
+    WHERE e.account_id = i.account_id AND e.iam_id = i.iam_id
+    LIMIT 1
+) AS prior ON true
+UNION ALL
+SELECT false, NULL, NULL, c.account_id, c.iam_id, NULL, c.state, c.member_since, c.changed_at
+FROM captured AS c
+"""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -89,41 +118,19 @@ def _membership(row: Any) -> Membership:
     return Membership(State(row["state"]), row["member_since"], row["changed_at"])
 
 
-_RECORD_EVENTS = """
-WITH inserted AS (
-    INSERT INTO membership_events (source, event_id, account_id, iam_id, change, event_time,
-                                   event_type, kafka_topic, kafka_partition, kafka_offset,
-                                   kafka_timestamp)
-    SELECT r.source, r.event_id, r.account_id, r.iam_id, r.change, r.event_time,
-           r.event_type, r.kafka_topic, r.kafka_partition, r.kafka_offset, r.kafka_timestamp
-    FROM json_to_recordset($1::json) AS r(
-        source text, event_id text, account_id text, iam_id text, change text,
-        event_time timestamptz, event_type text, kafka_topic text, kafka_partition int,
-        kafka_offset bigint, kafka_timestamp timestamptz)
-    ON CONFLICT (source, event_id) DO NOTHING
-    RETURNING source, event_id, account_id, iam_id
-)
--- The outer query reads the ledger as it was before the INSERT: "seen before". LATERAL with
--- LIMIT keeps this an index probe per row; a plain EXISTS may be planned as a hash of the
--- whole ledger when its statistics are stale.
-SELECT i.source, i.event_id, i.account_id, i.iam_id, prior.seen IS NOT NULL AS had_history
-FROM inserted AS i
-LEFT JOIN LATERAL (
-    SELECT true AS seen FROM membership_events AS e
-    WHERE e.account_id = i.account_id AND e.iam_id = i.iam_id
-    LIMIT 1
-) AS prior ON true
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class Recorded:
     new: set[tuple[str, str]]  # identities that were not in the ledger before
     had_history: set[Member]  # members of new events that had earlier events
+    baselines: dict[Member, Membership]  # rows kept as baselines of members without events
 
 
-async def record_events(conn: Connection, events: Sequence[MembershipEvent]) -> Recorded:
-    """Adds the events to the ledger; tells which were new, and whose members had history."""
+async def record_events(
+    conn: Connection, members: Sequence[Member], events: Sequence[MembershipEvent]
+) -> Recorded:
+    """Keeps the baselines of `members` (R3), adds the events to the ledger; tells which
+    events were new, whose members had history, and the baselines of the members that have
+    no event in the ledger yet."""
     # One JSON document rather than ten arrays: the driver checks every array element in
     # Python, which costs more than PostgreSQL's JSON parser for the same rows.
     document = json.dumps(
@@ -144,11 +151,17 @@ async def record_events(conn: Connection, events: Sequence[MembershipEvent]) -> 
             for event in events
         ]
     )
-    rows = await conn.fetch(_RECORD_EVENTS, document)
-    return Recorded(
-        new={(row["source"], row["event_id"]) for row in rows},
-        had_history={(row["account_id"], row["iam_id"]) for row in rows if row["had_history"]},
-    )
+    rows = await conn.fetch(_CAPTURE_AND_RECORD, *_columns(members), document)
+    recorded = Recorded(set(), set(), {})
+    for row in rows:
+        member = (row["account_id"], row["iam_id"])
+        if not row["event"]:
+            recorded.baselines[member] = _membership(row)
+            continue
+        recorded.new.add((row["source"], row["event_id"]))
+        if row["had_history"]:
+            recorded.had_history.add(member)
+    return recorded
 
 
 _HISTORY = """

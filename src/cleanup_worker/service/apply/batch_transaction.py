@@ -44,15 +44,16 @@ async def apply_events(
     # First the member locks, so that every later statement sees whatever another replica
     # committed for these members before we got them.
     await memberships.lock_members(conn, members)
-    captured = await memberships.capture_baselines(conn, members)
-    recorded = await memberships.record_events(conn, events)
+    recorded = await memberships.record_events(conn, members, events)
     fresh = list(events) if reprocess else [e for e in events if e.identity in recorded.new]
     removals = latest_removals(e for e in fresh if e.change is Change.REMOVED)
     # Keys created after a removal that arrives late are R6's to judge (the sweep).
     revoked = await keys.revoke_for_removals(
         conn, list(removals.values()), announce=announce, note_late_keys=note_late_keys
     )
-    rows = await _derive_rows(conn, fresh, captured, recorded.had_history, reprocess=reprocess)
+    rows = await _derive_rows(
+        conn, fresh, recorded.baselines, recorded.had_history, reprocess=reprocess
+    )
     changed = await memberships.write_memberships(conn, rows)
     return Applied(fresh, revoked, changed)
 
