@@ -7,6 +7,10 @@ program here with one line naming the setting (exit code 2), never at the first 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from cleanup_worker.adapters.postgres import connections as postgres
 from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.connections import Connection, Pool
 from cleanup_worker.adapters.postgres.key_table import KeyTable
@@ -25,6 +29,15 @@ async def install_key_table(conn: Connection, settings: Settings) -> KeyTable:
 async def install_key_table_from(pool: Pool, settings: Settings) -> KeyTable:
     async with pool.acquire() as conn:
         return await install_key_table(conn, settings)
+
+
+@asynccontextmanager
+async def connect_with_key_table(settings: Settings) -> AsyncIterator[Connection]:
+    """`postgres.connect`, with the key table checked and installed before the first statement
+    (the backfill opens its connections through this)."""
+    async with postgres.connect(settings) as conn:
+        await install_key_table(conn, settings)
+        yield conn
 
 
 def key_table_owner_sql(settings: Settings) -> str:
