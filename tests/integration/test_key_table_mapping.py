@@ -15,6 +15,7 @@ import pytest_asyncio
 from cleanup_worker.adapters.cloudevents import notices
 from cleanup_worker.adapters.postgres import key_table, keys, late_keys, outbox
 from cleanup_worker.adapters.postgres.key_table_owner import owner_sql
+from cleanup_worker.adapters.postgres.quoting import quote_ident
 from cleanup_worker.bootstrap import explain
 from cleanup_worker.domain.key_table import KeyTableMapping
 from cleanup_worker.errors import EXIT_CONFIG
@@ -239,3 +240,13 @@ def _fields(env: dict[str, str]) -> dict[str, Any]:
         field = name.removeprefix("CLEANUP_").lower()
         fields[field] = (value.split(",") if field == "keys_live_states" else value) or None
     return fields
+
+
+async def test_identifiers_are_quoted_as_postgresql_quotes_them(db: Any) -> None:
+    """quote_ident agrees with the server's on every keyword and on awkward names."""
+    words = [row["word"] for row in await db.fetch("SELECT word FROM pg_get_keywords()")]
+    names = [*words, "ApiKeys", "keyId", 'we"ird', "1st", "with space", "ünï", "a$b", "_x"]
+    theirs = await db.fetchval(
+        "SELECT array_agg(quote_ident(n)) FROM unnest($1::text[]) AS n", names
+    )
+    assert [quote_ident(name) for name in names] == theirs
