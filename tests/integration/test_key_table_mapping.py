@@ -9,13 +9,13 @@ import json
 import signal
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest_asyncio
 
 from cleanup_worker.adapters.cloudevents import notices
-from cleanup_worker.adapters.postgres import key_table, keys, late_keys, outbox
+from cleanup_worker.adapters.postgres import key_table, keys, late_keys, outbox, report
 from cleanup_worker.adapters.postgres.key_table_owner import owner_sql
 from cleanup_worker.adapters.postgres.quoting import quote_ident
 from cleanup_worker.bootstrap import explain
@@ -288,3 +288,20 @@ async def test_the_worker_revokes_and_announces_through_the_mapping(
         "member_removed",
         removal.ref,
     )
+
+
+async def test_report_reads_the_revocations_of_a_mapped_table_from_the_audit(mapped: Any) -> None:
+    """A removal applied with its R1 revocation counts as R1 in the period, with the key's
+    exposure, read from key_revocations and the mapped table's created column."""
+    db = mapped
+    key = await add_key(db, 1001, "alice", at(-10))
+    removal = event("removed", "1001", "alice", at(0))
+    async with db.transaction():
+        await ledger_removal(db, "1001", "alice", at(0), removal.id, removal.source)
+        await keys.revoke_for_removals(db, [removal], announce=False)
+    now = datetime.now(UTC)
+    figures = await report.revocation_figures(db, now - timedelta(hours=1), now, 60.0, 5)
+    [period] = [row for row in figures["stats"] if row["all_days"] and row["all_rules"]]
+    assert period["keys"] == 1
+    [slow] = figures["slowest"]
+    assert (slow["id"], slow["rule"], slow["account_id"]) == (str(key), "R1", "1001")
