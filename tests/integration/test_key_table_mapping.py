@@ -305,3 +305,16 @@ async def test_report_reads_the_revocations_of_a_mapped_table_from_the_audit(map
     assert period["keys"] == 1
     [slow] = figures["slowest"]
     assert (slow["id"], slow["rule"], slow["account_id"]) == (str(key), "R1", "1001")
+
+
+async def test_a_candidate_left_by_an_earlier_mapping_is_dropped_not_cast(mapped: Any) -> None:
+    """A uuid noted while the keys lived in our api_keys matches no bigint key: R6's review
+    drops it instead of failing on the cast."""
+    await mapped.execute(
+        "INSERT INTO late_key_candidates (key_id, account_id, iam_id, created_at) "
+        "VALUES ('7d0c5f3e-3a0b-4c3e-9f4e-2b1d8f6a9c10', '1001', 'alice', $1)",
+        at(0),
+    )
+    async with mapped.transaction():
+        assert await late_keys.review_candidates(mapped) == []
+    assert await mapped.fetchval("SELECT count(*) FROM late_key_candidates") == 0

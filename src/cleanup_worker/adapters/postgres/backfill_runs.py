@@ -233,7 +233,7 @@ def _statements(table: KeyTable, memberships: MembershipSource) -> tuple[str, st
         **parts,
         reason=orphan_reason_sql(table),
         memberships=membership_join(table, memberships.value),
-        after=table.typed("$1::text", m.id_column),
+        after=table.typed_stored("$1::text", m.id_column),
         accounts=table.typed_array("$2", m.account_column),
     )
     totals = fill(_TOTALS, **parts, accounts=table.typed_array("$1", m.account_column))
@@ -322,7 +322,7 @@ async def next_candidates(
         row = await conn.fetchrow(_FIRST_CANDIDATES, limit)
     else:
         table = key_table.current()
-        after_sql = table.typed("$2::text", table.mapping.id_column)
+        after_sql = table.typed_stored("$2::text", table.mapping.id_column)
         row = await conn.fetchrow(fill(_NEXT_CANDIDATES, after=after_sql), limit, after)
     assert row is not None  # an aggregate without GROUP BY returns one row
     return dict(zip(row[0], map(OrphanReason, row[1]), strict=True))

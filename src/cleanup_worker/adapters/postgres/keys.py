@@ -306,7 +306,7 @@ def late_keys_statement(table: KeyTable) -> str:
         keys=table.name,
         id=table.id(),
         live=table.live("k"),
-        candidate_id=table.typed("c.key_id", table.mapping.id_column),
+        candidate_id=table.typed_stored("c.key_id", table.mapping.id_column),
     )
 
 
@@ -330,7 +330,7 @@ SELECT id, account_id, iam_id, revoked_by FROM revoked
 @cache
 def r6_statement(table: KeyTable, *, announce: bool) -> str:
     """R6 for the candidates $1 (ids as text) that are still late, in `table`."""
-    late_id = table.typed("late.key_id", table.mapping.id_column)
+    late_id = table.typed_stored("late.key_id", table.mapping.id_column)
     return revoking(
         table,
         fill(_REVOKE_LATE, late_keys=late_keys_statement(table), late_id=late_id),
