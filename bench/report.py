@@ -31,11 +31,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-from uuid import UUID
 
 import asyncpg
 
-from cleanup_worker.adapters.postgres import backfill_runs
+from cleanup_worker.adapters.postgres import backfill_assessment
 from cleanup_worker.adapters.postgres.keys import MembershipSource
 from cleanup_worker.adapters.postgres.migrator import migrate
 from cleanup_worker.service.explain import explain_key, explain_member
@@ -169,7 +168,7 @@ async def explain_latencies(url: str, members: int, rng: random.Random) -> dict[
             started = time.perf_counter()
             answer = await explain_member(conn, f"acct-{i % 50000}", f"user-{i}", notices_on=False)
             member_ms.append((time.perf_counter() - started) * 1000)
-            key_id: UUID = answer.keys[rng.randrange(len(answer.keys))].key_id
+            key_id = answer.keys[rng.randrange(len(answer.keys))].key_id
             started = time.perf_counter()
             await explain_key(conn, key_id, notices_on=False)
             key_ms.append((time.perf_counter() - started) * 1000)
@@ -189,7 +188,7 @@ async def assessment_s(url: str) -> float:
     conn = await asyncpg.connect(url)
     try:
         started = time.monotonic()
-        await backfill_runs.assess(conn, MembershipSource.TABLE, top=0)
+        await backfill_assessment.assess(conn, MembershipSource.TABLE, top=0)
         return round(time.monotonic() - started, 1)
     finally:
         await conn.close()

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cleanup_worker.domain.change_events import CdcMapping
 from cleanup_worker.domain.events import EventTypes
+from cleanup_worker.domain.key_table import KeyTableMapping, settings_problem
 from cleanup_worker.errors import ConfigurationError
 
 ENV_PREFIX = "CLEANUP_"
@@ -74,6 +75,23 @@ class Settings(BaseSettings):
     cdc_removed_states: CommaList = Field(default_factory=list)
     cdc_time_column: str | None = Field(default=None, min_length=1)
 
+    # The key table (docs/key-table.md): defaults describe our own api_keys. An optional
+    # column's setting set empty means the table has no such column.
+    keys_table: str | None = Field(default=None, min_length=1)
+    keys_id_column: str = Field(default="id", min_length=1)
+    keys_account_column: str = Field(default="account_id", min_length=1)
+    keys_user_column: str = Field(default="iam_id", min_length=1)
+    keys_created_column: str = Field(default="created_at", min_length=1)
+    keys_revoked_at_column: str | None = "revoked_at"
+    keys_state_column: str | None = None
+    keys_live_states: CommaList = Field(default_factory=list)
+    keys_revoked_state: str | None = None
+    keys_reason_column: str | None = "revocation_reason"
+    keys_revoked_by_column: str | None = "revoked_by"
+    # How far the key service's clock may be off the database's when it fills the created
+    # column itself: the R1 re-check and R6 look this much wider ("Key table mapping").
+    keys_clock_skew_s: float = Field(default=5.0, ge=0, le=3600)
+
     revocations_topic: str | None = Field(default=None, min_length=1)
     revocation_event_type: str = Field(default="api_key.revoked", min_length=1)
     revocation_event_source: str = Field(default="/cleanup-worker", min_length=1)
@@ -113,8 +131,24 @@ class Settings(BaseSettings):
         "event_types_removed",
         "cdc_topics",
         "cdc_removed_states",
+        "keys_live_states",
         mode="before",
     )(_split_commas)
+
+    @field_validator(
+        "keys_revoked_at_column",
+        "keys_state_column",
+        "keys_revoked_state",
+        "keys_reason_column",
+        "keys_revoked_by_column",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # `CLEANUP_KEYS_REASON_COLUMN=` says the table has no such column.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -136,6 +170,9 @@ class Settings(BaseSettings):
         if self.revocations_topic in (*self.kafka_topics, self.dlq_topic):
             raise ValueError("revocations_topic must differ from kafka_topics and dlq_topic")
         self._check_cdc()
+        problem = settings_problem(self.key_table)
+        if problem is not None:
+            raise ConfigurationError(problem)
         sasl = self.kafka_security_protocol.startswith("SASL_")
         if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
             raise ValueError(
@@ -172,6 +209,24 @@ class Settings(BaseSettings):
             state_column=self.cdc_state_column,
             removed_states=frozenset(self.cdc_removed_states),
             time_column=self.cdc_time_column,
+        )
+
+    @property
+    def key_table(self) -> KeyTableMapping:
+        """Where the keys live and how a revocation is marked (default: our api_keys)."""
+        return KeyTableMapping(
+            table=self.keys_table,
+            id_column=self.keys_id_column,
+            account_column=self.keys_account_column,
+            user_column=self.keys_user_column,
+            created_column=self.keys_created_column,
+            revoked_at_column=self.keys_revoked_at_column,
+            state_column=self.keys_state_column,
+            live_states=tuple(self.keys_live_states),
+            revoked_state=self.keys_revoked_state,
+            reason_column=self.keys_reason_column,
+            revoked_by_column=self.keys_revoked_by_column,
+            clock_skew_s=self.keys_clock_skew_s,
         )
 
     @property

@@ -1,6 +1,6 @@
 """SQL for the backfill other than revoking: its lock, its run records, and the assessment.
 
-The assessment is one read-only pass over `api_keys` (a hash join with the membership
+The assessment is one read-only pass over the key table (a hash join with the membership
 source) that writes the ids of the orphaned keys into a session TEMP table. The run then
 walks that table by key id in batches, and each batch re-checks R5 as it revokes
 (`keys.revoke_orphans`). So the run never revokes a key the assessment did not count, which
@@ -10,15 +10,14 @@ is what makes the safety valves a bound and not an estimate.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.adapters.postgres.keys import ORPHAN_REASON_SQL, MembershipSource
 from cleanup_worker.adapters.postgres.locks import BACKFILL_LOCK_KEY
-from cleanup_worker.domain.rules import Assessment, OrphanReason
+from cleanup_worker.domain.rules import OrphanReason
 
 # Only one backfill (dry run or not) runs at a time, per database: the session advisory lock
 # whose key is in locks.py.
@@ -73,7 +72,7 @@ class RunRecord:
     mode: str
     status: str
     options: dict[str, Any]
-    checkpoint_key_id: UUID | None
+    checkpoint_key_id: str | None  # the key's id as text
     batches: int
     keys_examined: int
     revoked: dict[OrphanReason, int]
@@ -163,7 +162,7 @@ WHERE run_id = $1
 async def record_batch(
     conn: Connection,
     run_id: UUID,
-    last_key_id: UUID,
+    last_key_id: str,
     examined: int,
     revoked: Mapping[OrphanReason, int],
 ) -> None:
@@ -182,109 +181,3 @@ async def finish_run(
         status,
         detail,
     )
-
-
-_CANDIDATES = "pg_temp.backfill_candidates"
-# Enough for the hash of a few million memberships without spilling to disk; one session.
-ASSESSMENT_WORK_MEM = "64MB"
-# $1: only keys after this id (a resumed run), or null; $2: only these accounts, or null.
-# CREATE TABLE AS, then one index build: cheaper than an index kept up to date row by row.
-_FIND_CANDIDATES = """
-CREATE TEMP TABLE {candidates_name} AS
-SELECT id, account_id, reason
-FROM (SELECT k.id, k.account_id, {reason} AS reason
-      FROM api_keys AS k
-      LEFT JOIN {memberships} AS m ON m.account_id = k.account_id AND m.iam_id = k.iam_id
-      WHERE k.revoked_at IS NULL
-        AND ($1::uuid IS NULL OR k.id > $1)
-        AND ($2::text[] IS NULL OR k.account_id = ANY($2))) AS keys
-WHERE reason IS NOT NULL
-"""
-_FIND_CANDIDATES_SQL = {
-    source: _FIND_CANDIDATES.format(
-        candidates_name=_CANDIDATES.removeprefix("pg_temp."),
-        reason=ORPHAN_REASON_SQL,
-        memberships=source.value,
-    )
-    for source in MembershipSource
-}
-_TOTALS = """
-SELECT count(*) AS keys, count(*) FILTER (WHERE revoked_at IS NULL) AS unrevoked
-FROM api_keys
-WHERE $1::text[] IS NULL OR account_id = ANY($1)
-"""
-_HAS_ACTIVE_MEMBERS = "SELECT EXISTS (SELECT 1 FROM {memberships} WHERE state = 'active')"
-_BY_REASON = f"SELECT reason, count(*) AS keys FROM {_CANDIDATES} GROUP BY reason"
-_ACCOUNTS = f"SELECT count(DISTINCT account_id) FROM {_CANDIDATES}"
-_TOP_ACCOUNTS = f"""
-SELECT account_id, count(*) AS keys FROM {_CANDIDATES}
-GROUP BY account_id ORDER BY keys DESC, account_id LIMIT $1
-"""
-_SAMPLE = f"SELECT id FROM {_CANDIDATES} ORDER BY id LIMIT $1"
-
-
-async def assess(
-    conn: Connection,
-    memberships: MembershipSource,
-    *,
-    accounts: Sequence[str] | None = None,
-    after: UUID | None = None,
-    top: int = 10,
-) -> Assessment:
-    """Finds the orphaned keys in scope (after `after`, in `accounts`) from one snapshot.
-
-    It only reads shared tables (and takes no row locks); its one write is the session's TEMP
-    table of candidates that `next_candidates` then walks.
-    """
-    scope = list(accounts) if accounts else None
-    await conn.execute(f"DROP TABLE IF EXISTS {_CANDIDATES}")
-    async with conn.transaction(isolation="repeatable_read"):
-        # One pass over every key, and an index over what it found: no statement timeout.
-        await conn.execute("SET LOCAL statement_timeout = 0")
-        await conn.execute("SELECT set_config('work_mem', $1, true)", ASSESSMENT_WORK_MEM)
-        await conn.execute(_FIND_CANDIDATES_SQL[memberships], after, scope)
-        totals = await conn.fetchrow(_TOTALS, scope)
-        assert totals is not None  # an aggregate without GROUP BY returns one row
-        active: bool = await conn.fetchval(
-            _HAS_ACTIVE_MEMBERS.format(memberships=memberships.value)
-        )
-        await conn.execute(f"CREATE UNIQUE INDEX ON {_CANDIDATES} (id)")
-        by_reason = {
-            OrphanReason(row["reason"]): row["keys"] for row in await conn.fetch(_BY_REASON)
-        }
-        accounts_affected: int = await conn.fetchval(_ACCOUNTS)
-        top_accounts = await conn.fetch(_TOP_ACCOUNTS, top)
-        sample = await conn.fetch(_SAMPLE, top)
-    return Assessment(
-        keys_scanned=totals["keys"],
-        keys_unrevoked=totals["unrevoked"],
-        by_reason=by_reason,
-        accounts_affected=accounts_affected,
-        top_accounts=[(row["account_id"], row["keys"]) for row in top_accounts],
-        sample_key_ids=[row["id"] for row in sample],
-        has_active_members=active,
-    )
-
-
-_FIRST_CANDIDATES = """
-SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(reason ORDER BY id), '{}')
-FROM (SELECT id, reason FROM pg_temp.backfill_candidates ORDER BY id LIMIT $1) AS batch
-"""
-_NEXT_CANDIDATES = """
-SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(reason ORDER BY id), '{}')
-FROM (SELECT id, reason FROM pg_temp.backfill_candidates WHERE id > $2 ORDER BY id LIMIT $1)
-    AS batch
-"""
-
-
-async def next_candidates(
-    conn: Connection, after: UUID | None, limit: int
-) -> dict[UUID, OrphanReason]:
-    """The next `limit` candidate keys after `after` (keyset order: the primary key), each
-    with the R5 case the assessment found, in key order."""
-    if after is None:
-        row = await conn.fetchrow(_FIRST_CANDIDATES, limit)
-    else:
-        row = await conn.fetchrow(_NEXT_CANDIDATES, limit, after)
-    assert row is not None  # an aggregate without GROUP BY returns one row
-    return dict(zip(row[0], map(OrphanReason, row[1]), strict=True))
