@@ -102,12 +102,35 @@ class Admin(Protocol):
     async def describe_topics(self, topics: list[str]) -> list[dict[str, Any]]: ...
 
 
+class BatchBuilder(Protocol):
+    """A producer batch being filled (`Producer.create_batch`)."""
+
+    def append(
+        self,
+        *,
+        timestamp: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[Header],
+    ) -> Any: ...  # None: the batch is full (and closed)
+
+    def close(self) -> None: ...
+
+
 class Producer(Protocol):
     """The idempotent producer (`producer`)."""
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    async def partitions_for(self, topic: str) -> set[int]: ...
+
+    def create_batch(self) -> BatchBuilder: ...
+
+    async def send_batch(
+        self, batch: BatchBuilder, topic: str, *, partition: int
+    ) -> asyncio.Future[Any]: ...  # resolves once the broker acknowledged the batch
 
     async def send(
         self,

@@ -18,6 +18,7 @@ from contextlib import suppress
 from aiokafka.errors import KafkaError
 
 from cleanup_worker.adapters.cloudevents import notices
+from cleanup_worker.adapters.kafka.batches import send_keyed
 from cleanup_worker.adapters.kafka.clients import Producer
 from cleanup_worker.adapters.postgres import outbox
 from cleanup_worker.adapters.postgres.connections import Pool
@@ -116,14 +117,14 @@ class NoticeRelay:
             rows = await outbox.claim(conn, self._batch_size)
             if not rows:
                 return 0
-            pending = []
-            for row in rows:
-                key, value, headers = notices.record(
-                    row, event_type=self._event_type, source=self._source
+            records = [
+                (
+                    notices.key(row),
+                    notices.value(row, event_type=self._event_type, source=self._source),
                 )
-                pending.append(
-                    await self._producer.send(self._topic, value=value, key=key, headers=headers)
-                )
+                for row in rows
+            ]
+            pending = await send_keyed(self._producer, self._topic, records, notices.HEADERS)
             # Bounded: a broker that does not answer must not hold the rows (and their
             # locks) for ever; they go back to the outbox and are tried again.
             async with asyncio.timeout(self._publish_timeout_s):
