@@ -299,9 +299,19 @@ def standalone_consumer(settings: Settings, **overrides: Any) -> PartitionReader
     return reader
 
 
+# A producer batch: the notice relay's 500 rows (about 270 KB) fill one per partition, so one
+# produce request carries them all; at the 16 KiB default each wave of batches waited for the
+# previous request's answer (one request in flight per broker). Well under the broker's and
+# the topics' default limit on a batch (message.max.bytes, max.message.bytes: 1 MiB).
+MAX_BATCH_BYTES = 256 * 1024
+
+
 def producer(settings: Settings) -> Producer:
     """An idempotent producer that waits for all in-sync replicas: a dead letter must not vanish."""
     idempotent: Producer = AIOKafkaProducer(
-        **client_options(settings), acks="all", enable_idempotence=True
+        **client_options(settings),
+        acks="all",
+        enable_idempotence=True,
+        max_batch_size=MAX_BATCH_BYTES,
     )
     return idempotent
