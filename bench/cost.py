@@ -9,8 +9,8 @@ its own CPU time and statements per batch. Then the worker's statements one by o
 (pg_stat_statements: calls, rows, time, buffers dirtied, WAL), the table that says which
 statement, index or row costs what. With `--notices`, also the run until the last notice was
 acknowledged: the relay's batches and statements per 1 000 notices. `--profile` samples the
-worker with py-spy while it consumes, keeps the collapsed stacks (flamegraph.pl input) and
-prints where its CPU went.
+worker with py-spy while it consumes (and then until its last notice), keeps the collapsed
+stacks (flamegraph.pl input) and prints where its CPU went.
 
 Needs pg_stat_statements preloaded: `scripts/dev-services up` starts PostgreSQL so.
 """
@@ -310,18 +310,18 @@ async def main(args: argparse.Namespace) -> None:
             print(f"publishing {n} removals to the running worker ...")
             await publish(bootstrap, topic, [removal(u, T_REMOVED) for u in range(n)])
             first, last, first_count = await wait_for_applied(worker.port, n, timeout=600)
-            if profiler:
-                profiler.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
-                profiler.wait()
             after = await snapshot(db, database, process)
             worker_batches = await batches(worker.port) - batches_before
             announced = None
-            if args.notices:
+            if args.notices:  # the relay's work too (and in the profile)
                 await wait_for_notices(worker.port, n * KEYS_PER_USER, timeout=600)
                 announced = cost_between(
                     "announced", n, time.perf_counter() - first, before,
                     await snapshot(db, database, process),
                 )  # fmt: skip
+            if profiler:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+                profiler.wait()
         print(f"worker: {(n - first_count) / (last - first):,.0f} events/s while it had work")
         worker_cost = cost_between("worker", n, last - first, before, after)
         await db.close()
