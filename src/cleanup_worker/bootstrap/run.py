@@ -186,6 +186,8 @@ async def build_consumer(
         retry_max_wait_s=settings.retry_max_wait_s,
         new_consumer=partial(kafka.group_consumer, settings),
     )
+    if relay is not None:
+        relay.defer_to(lambda: consumer_loop.catching_up)
     return ConsumerParts(
         consumer_loop=consumer_loop,
         ping_database=partial(postgres.ping, pool),

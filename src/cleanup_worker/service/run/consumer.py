@@ -101,6 +101,9 @@ class ConsumerLoop:
         self._stopping = asyncio.Event()
         self.batches = 0
         self.positions = CommitPositions()
+        # Whether the last fetch was a full one (the worker is behind): the notice relay
+        # defers to the revocations meanwhile (relay.py).
+        self.catching_up = False
 
     async def start(self) -> None:
         """Joins the group, retrying while the broker is unreachable or refuses (a missing
@@ -148,12 +151,14 @@ class ConsumerLoop:
                     # Batches run side by side only while we are behind (full fetches). At a
                     # trickle, one at a time lets records pile into the next batch instead of
                     # a transaction (and an fsync) each.
-                    behind = fetched.records >= self._max_records // 2
+                    behind = self.catching_up = fetched.records >= self._max_records // 2
                     allowed = self._max_in_flight if behind else 1
                     await self._commit_in_order(wait_for_oldest=len(self._in_flight) - allowed + 1)
                     self._start_batch(fetched, parsed)
-                elif fetched.offsets:  # markers only: committed behind the batches before
-                    self._start_batch(fetched, parsed)
+                else:
+                    self.catching_up = False
+                    if fetched.offsets:  # markers only: committed behind the batches before
+                        self._start_batch(fetched, parsed)
                 await self._commit_in_order(wait_for_oldest=0)
             await self._commit_in_order(wait_for_oldest=None)
         finally:
