@@ -80,10 +80,10 @@ class NoticeRelay:
     def defer_to(self, busy: Callable[[], bool], *, at_most_s: float = 1.0) -> None:
         """Revocations first: while `busy()` (the consumer catching up on a backlog), the relay
         publishes one batch every `at_most_s` instead of back to back. The worker's process
-        has one core for both, and a notice costs about as much Python as a fifth of a
-        removal; meanwhile the notices wait, durably, in the outbox, and follow at full speed
-        once the consumer has caught up. At a steady rate it is not busy and the relay
-        publishes at once after each commit."""
+        has one core for both, and a removal's five notices cost about twice its own Python
+        (docs/performance.md). Meanwhile the notices wait, durably, in the outbox; they follow
+        at full speed once the consumer has caught up. At a steady rate it is not busy, and
+        the relay publishes at once after each commit."""
         self._busy = busy
         self._defer_s = at_most_s
 
