@@ -7,8 +7,10 @@ each it reports, per 1 000 events: PostgreSQL's CPU time (every server process's
 system time), WAL bytes, buffers dirtied, statements and round trips; and for the worker
 its own CPU time and statements per batch. Then the worker's statements one by one
 (pg_stat_statements: calls, rows, time, buffers dirtied, WAL), the table that says which
-statement, index or row costs what. `--profile` samples the worker with py-spy while it consumes,
-keeps the collapsed stacks (flamegraph.pl input) and prints where its CPU went.
+statement, index or row costs what. With `--notices`, also the run until the last notice was
+acknowledged: the relay's batches and statements per 1 000 notices. `--profile` samples the
+worker with py-spy while it consumes (and then until its last notice), keeps the collapsed
+stacks (flamegraph.pl input) and prints where its CPU went.
 
 Needs pg_stat_statements preloaded: `scripts/dev-services up` starts PostgreSQL so.
 """
@@ -21,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -180,6 +183,43 @@ def print_costs(update: Cost, worker: Cost, worker_batches: int) -> None:
         )
 
 
+async def wait_for_notices(port: int, target: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (await scrape(port)).total("cleanup_notices_published_total") < target:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the worker announced fewer than {target} keys in {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def print_notice_costs(announced: Cost, notices: int) -> None:
+    """From the first applied event until the last notice was acknowledged: the whole run's
+    cost, and the relay's statements (those on the outbox) per 1 000 notices."""
+    per_notice_k = 1000 / notices
+    # (The claim's text is cut before its table's name.)
+    claim = "SELECT id, key_id, account_id, iam_id, reason"
+    relay = [
+        s for s in announced.by_statement
+        if "revocation_outbox" in str(s["query"]) or str(s["query"]).strip().startswith(claim)
+    ]  # fmt: skip
+    cycles = sum(s["calls"] for s in relay if str(s["query"]).strip().startswith(claim))
+    print()
+    print(f"until the last of {notices} notices was acknowledged ({announced.seconds:.2f} s):")
+    print(
+        f"  per 1 000 events: PostgreSQL CPU {announced.per_k(announced.server_cpu_s):.3f} s, "
+        f"worker CPU {announced.per_k(announced.client_cpu_s):.3f} s, "
+        f"statements {announced.per_k(announced.statements):.1f}"
+    )
+    print(
+        f"  per 1 000 notices: relay batches {cycles * per_notice_k:.1f} "
+        f"({notices / max(cycles, 1):.0f} notices each), outbox statements "
+        f"{sum(s['calls'] for s in relay) * per_notice_k:.1f}, all statements "
+        f"{announced.statements * per_notice_k:.1f}, WAL "
+        f"{announced.wal_bytes * per_notice_k / 1024:.0f} KiB"
+    )
+    for s in relay:
+        print(f"{s['calls'] * per_notice_k:>9.1f}  {s['query']}")
+
+
 def print_profile(path: str, top: int = 15) -> None:
     """The worker's CPU by library, and the functions where its samples end (self time)."""
     by_leaf: Counter[str] = Counter()
@@ -270,15 +310,24 @@ async def main(args: argparse.Namespace) -> None:
             print(f"publishing {n} removals to the running worker ...")
             await publish(bootstrap, topic, [removal(u, T_REMOVED) for u in range(n)])
             first, last, first_count = await wait_for_applied(worker.port, n, timeout=600)
+            after = await snapshot(db, database, process)
+            worker_batches = await batches(worker.port) - batches_before
+            announced = None
+            if args.notices:  # the relay's work too (and in the profile)
+                await wait_for_notices(worker.port, n * KEYS_PER_USER, timeout=600)
+                announced = cost_between(
+                    "announced", n, time.perf_counter() - first, before,
+                    await snapshot(db, database, process),
+                )  # fmt: skip
             if profiler:
                 profiler.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
                 profiler.wait()
-            after = await snapshot(db, database, process)
-            worker_batches = await batches(worker.port) - batches_before
         print(f"worker: {(n - first_count) / (last - first):,.0f} events/s while it had work")
         worker_cost = cost_between("worker", n, last - first, before, after)
         await db.close()
     print_costs(update, worker_cost, worker_batches)
+    if announced is not None:
+        print_notice_costs(announced, n * KEYS_PER_USER)
     if args.profile:
         print_profile(args.profile)
 

@@ -50,11 +50,12 @@ async def notice_relay(
     *,
     database: Reachability | None = None,
 ) -> NoticeRelay | None:
-    """The outbox relay, on a connection of its own, when notices are on ("Revocation notices",
-    docs/design.md)."""
+    """The outbox relay, on connections of its own (one it keeps for its batches, one for its
+    backlog gauge), when notices are on ("Revocation notices", docs/design.md): it never
+    takes, or waits for, a connection of the consumer's."""
     if settings.revocations_topic is None:
         return None
-    pool = await postgres.create_pool(settings, max_size=1, reachable=database)
+    pool = await postgres.create_pool(settings, max_size=2, reachable=database)
     stack.push_async_callback(pool.close)
     return NoticeRelay(
         pool,
@@ -188,6 +189,8 @@ async def build_consumer(
         retry_max_wait_s=settings.retry_max_wait_s,
         new_consumer=partial(kafka.group_consumer, settings),
     )
+    if relay is not None:
+        relay.defer_to(lambda: consumer_loop.catching_up)
     return ConsumerParts(
         consumer_loop=consumer_loop,
         ping_database=partial(postgres.ping, pool),

@@ -10,12 +10,14 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 from cleanup_worker.adapters.cloudevents.binding import public_json_schema
 from cleanup_worker.adapters.kafka.clients import Header
 from cleanup_worker.adapters.postgres.outbox import OutboxRow
 
 CONTENT_TYPE = "application/cloudevents+json"
+HEADERS: list[Header] = [("content-type", CONTENT_TYPE.encode())]
 
 
 class RevocationData(BaseModel):
@@ -71,11 +73,39 @@ def notice(row: OutboxRow, *, event_type: str, source: str) -> RevocationNotice:
     )
 
 
+def value(row: OutboxRow, *, event_type: str, source: str) -> bytes:
+    """The JSON of `notice(row)`, serialized from a plain dict by pydantic's own serializer
+    (UUIDs and times written alike): the relay writes five per removal, and validating the
+    two models first cost more than twice as much (the unit tests hold the two equal)."""
+    return to_json(
+        {
+            "specversion": "1.0",
+            "id": f"revoked:{row.key_id}",
+            "source": source,
+            "type": event_type,
+            "time": row.revoked_at,
+            "subject": row.key_id,
+            "datacontenttype": "application/json",
+            "data": {
+                "key_id": row.key_id,
+                "account_id": row.account_id,
+                "iam_id": row.iam_id,
+                "reason": row.reason,
+                "revoked_at": row.revoked_at,
+                "revoked_by": row.revoked_by,
+            },
+        }
+    )
+
+
+def key(row: OutboxRow) -> bytes:
+    """The Kafka key of a row's notice: `<account_id>/<iam_id>`."""
+    return f"{row.account_id}/{row.iam_id}".encode()
+
+
 def record(row: OutboxRow, *, event_type: str, source: str) -> tuple[bytes, bytes, list[Header]]:
     """Kafka key (`<account_id>/<iam_id>`), value and headers of a row's notice."""
-    value = notice(row, event_type=event_type, source=source).model_dump_json().encode()
-    key = f"{row.account_id}/{row.iam_id}".encode()
-    return key, value, [("content-type", CONTENT_TYPE.encode())]
+    return key(row), value(row, event_type=event_type, source=source), HEADERS
 
 
 def notice_json_schema() -> dict[str, Any]:

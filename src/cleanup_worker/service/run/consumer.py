@@ -105,6 +105,9 @@ class ConsumerLoop:
         self.batches = 0
         self.positions = CommitPositions()
         self._committer = OffsetCommitter(self._commit)
+        # Whether the last fetch was a full one (the worker is behind): the notice relay
+        # defers to the revocations meanwhile (relay.py).
+        self.catching_up = False
 
     async def start(self) -> None:
         """Joins the group, retrying while the broker is unreachable or refuses (a missing
@@ -149,11 +152,14 @@ class ConsumerLoop:
                     break  # fetched but not applied: not committed, so redelivered
                 fetching = asyncio.create_task(self._fetch())
                 if fetched.records:
+                    self.catching_up = fetched.records >= self._max_records // 2
                     wait_for = len(self._in_flight) - self._max_in_flight + 1
                     await self._commit_in_order(wait_for_oldest=wait_for)
                     self._start_batch(fetched, parsed)
-                elif fetched.offsets:  # markers only: committed behind the batches before
-                    self._start_batch(fetched, parsed)
+                else:
+                    self.catching_up = False
+                    if fetched.offsets:  # markers only: committed behind the batches before
+                        self._start_batch(fetched, parsed)
                 await self._commit_in_order(wait_for_oldest=0)
             await self._commit_in_order(wait_for_oldest=None)
         finally:

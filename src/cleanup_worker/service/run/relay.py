@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import suppress
+from collections.abc import Callable
+from contextlib import AsyncExitStack, suppress
 
 from aiokafka.errors import KafkaError
 
 from cleanup_worker.adapters.cloudevents import notices
+from cleanup_worker.adapters.kafka.batches import send_keyed
 from cleanup_worker.adapters.kafka.clients import Producer
 from cleanup_worker.adapters.postgres import outbox
-from cleanup_worker.adapters.postgres.connections import Pool
+from cleanup_worker.adapters.postgres.connections import Connection, Pool
 from cleanup_worker.adapters.postgres.sqlstate import is_transient
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
@@ -64,12 +66,26 @@ class NoticeRelay:
         self._publish_timeout_s = publish_timeout_s
         self._backlog_every_s = backlog_every_s
         self._database = database
+        self._conn: Connection | None = None
+        self._busy: Callable[[], bool] = lambda: False
+        self._defer_s = 0.0
+        self._held = AsyncExitStack()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.published = 0
 
     def wake(self) -> None:
         self._wake.set()
+
+    def defer_to(self, busy: Callable[[], bool], *, at_most_s: float = 1.0) -> None:
+        """Revocations first: while `busy()` (the consumer catching up on a backlog), the relay
+        publishes one batch every `at_most_s` instead of back to back. The worker's process
+        has one core for both, and a removal's five notices cost about twice its own Python
+        (docs/performance.md). Meanwhile the notices wait, durably, in the outbox; they follow
+        at full speed once the consumer has caught up. At a steady rate it is not busy, and
+        the relay publishes at once after each commit."""
+        self._busy = busy
+        self._defer_s = at_most_s
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -84,10 +100,21 @@ class NoticeRelay:
                     with suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_s)
                     self._wake.clear()
+                else:
+                    await self._defer()
         finally:
             measuring.cancel()
             with suppress(asyncio.CancelledError):
                 await measuring
+            await self._drop_connection()
+
+    async def _defer(self) -> None:
+        """Waits while the consumer is busy, `defer_to`'s bound at most."""
+        deadline = time.monotonic() + self._defer_s
+        while self._busy() and not self._stopping.is_set() and time.monotonic() < deadline:
+            # The consumer sets no event when it has caught up: looked at 20 times a second.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.05)
 
     async def _publish_retrying(self) -> int:
         # After an outage the notices must follow the revocations within a second: the wait
@@ -110,26 +137,56 @@ class NoticeRelay:
                 metrics.RELAY_UP.set(1)
         return published
 
+    async def _connection(self) -> Connection:
+        # Kept from one batch to the next: a pooled connection is reset when given back (one
+        # more round trip, of four statements, per batch).
+        if self._conn is None:
+            held = AsyncExitStack()
+            conn = await held.enter_async_context(self._pool.acquire())
+            try:
+                # Only the relay's own commits, which delete acknowledged rows: one lost in a
+                # crash of the server brings its rows back, announced once more (at least
+                # once, as after any crash); nothing is lost, and the relay never waits for
+                # the WAL flush the consumer's commits are queued on.
+                await conn.execute("SET synchronous_commit = off")
+            except BaseException:
+                await held.aclose()
+                raise
+            self._conn, self._held = conn, held
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        """Gives the kept connection back to the pool (which closes a broken one)."""
+        self._conn = None
+        with suppress(Exception):
+            await self._held.aclose()
+
     async def publish_batch(self) -> int:
         """Claims, publishes and deletes one batch of rows; returns how many."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await outbox.claim(conn, self._batch_size)
-            if not rows:
-                return 0
-            pending = []
-            for row in rows:
-                key, value, headers = notices.record(
-                    row, event_type=self._event_type, source=self._source
-                )
-                pending.append(
-                    await self._producer.send(self._topic, value=value, key=key, headers=headers)
-                )
-            # Bounded: a broker that does not answer must not hold the rows (and their
-            # locks) for ever; they go back to the outbox and are tried again.
-            async with asyncio.timeout(self._publish_timeout_s):
-                await asyncio.gather(*pending)
-            acknowledged = time.time()
-            await outbox.delete(conn, [row.id for row in rows])
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                rows = await outbox.claim(conn, self._batch_size)
+                if not rows:
+                    return 0
+                records = [
+                    (
+                        notices.key(row),
+                        notices.value(row, event_type=self._event_type, source=self._source),
+                    )
+                    for row in rows
+                ]
+                pending = await send_keyed(self._producer, self._topic, records, notices.HEADERS)
+                # Bounded: a broker that does not answer must not hold the rows (and their
+                # locks) for ever; they go back to the outbox and are tried again.
+                async with asyncio.timeout(self._publish_timeout_s):
+                    await asyncio.gather(*pending)
+                acknowledged = time.time()
+                await outbox.delete(conn, [row.id for row in rows])
+        except BaseException:
+            # After an error the connection may be broken or mid-transaction: a fresh one.
+            await self._drop_connection()
+            raise
         self.published += len(rows)
         metrics.NOTICES_PUBLISHED.inc(len(rows))
         for row in rows:

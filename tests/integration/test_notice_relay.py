@@ -1,0 +1,72 @@
+"""The notice relay against the real broker and database: it defers to a consumer that is
+catching up ("The outbox", docs/design.md), and then announces everything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from contextlib import AsyncExitStack
+from typing import Any
+
+from cleanup_worker.bootstrap.run import notice_relay, start_producer
+from cleanup_worker.settings import Settings
+from testkit.events import at
+from testkit.kafka import create_topic, read_topic
+from testkit.waiting import eventually
+
+BATCH = 10
+ROWS = 25
+
+
+async def write_outbox(db: Any, rows: int) -> set[uuid.UUID]:
+    keys = {uuid.uuid4() for _ in range(rows)}
+    await db.executemany(
+        "INSERT INTO revocation_outbox (key_id, account_id, iam_id, reason, revoked_at, "
+        "revoked_by, event_time) VALUES ($1, 'acct', 'u1', 'member_removed', $2, 'test', $2)",
+        [(key, at(0)) for key in keys],
+    )
+    return keys
+
+
+async def outbox_size(db: Any) -> int:
+    count: int = await db.fetchval("SELECT count(*) FROM revocation_outbox")
+    return count
+
+
+async def test_relay_takes_one_batch_while_the_consumer_catches_up(
+    settings: Settings, db: Any
+) -> None:
+    """While the consumer is busy the relay stops after one batch; once it is not, the rest
+    follows."""
+    topic = f"test-relay-{uuid.uuid4().hex[:12]}"
+    await create_topic(settings, topic)
+    settings = settings.model_copy(update={"revocations_topic": topic, "relay_batch_size": BATCH})
+    keys = await write_outbox(db, ROWS)
+    busy = True
+    looked = 0
+
+    def consumer_busy() -> bool:
+        nonlocal looked
+        looked += 1
+        return busy
+
+    async with AsyncExitStack() as stack:
+        producer = await start_producer(settings, stack)
+        relay = await notice_relay(settings, producer, stack)
+        assert relay is not None
+        relay.defer_to(consumer_busy, at_most_s=300)
+        running = asyncio.create_task(relay.run())
+        try:
+            # Parked: one batch published, and the relay keeps asking whether it may go on.
+            await eventually(lambda: asyncio.sleep(0, relay.published == BATCH and looked >= 5))
+            assert relay.published == BATCH
+            assert await outbox_size(db) == ROWS - BATCH
+            busy = False
+            await eventually(lambda: asyncio.sleep(0, relay.published == ROWS))
+        finally:
+            relay.request_stop()
+            await running
+    assert await outbox_size(db) == 0
+    ids = {json.loads(r.value)["id"] for r in await read_topic(settings, topic)}
+    assert ids == {f"revoked:{key}" for key in keys}
