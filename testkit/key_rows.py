@@ -4,6 +4,7 @@ suites, in the table's own types, whatever its shape."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from datetime import datetime
 from typing import Any
@@ -17,13 +18,12 @@ _printed: dict[str, str] = {}  # shape name -> the owner's SQL `migrate` printed
 
 async def ensure_owner_role(db: Any) -> None:
     """The key service's role (cluster-wide, NOLOGIN): it owns the mapped tables."""
-    try:
+    # UniqueViolation: another session created it at the same moment.
+    with contextlib.suppress(asyncpg.UniqueViolationError):
         await db.execute(
             f"DO $$ BEGIN CREATE ROLE {OWNER} NOLOGIN; "
             "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
         )
-    except asyncpg.UniqueViolationError:  # another session created it at the same moment
-        pass
 
 
 async def create_table(db: Any, shape: KeyTableShape) -> None:
@@ -160,19 +160,21 @@ async def key_states(db: Any) -> dict[Any, str]:
         marks.append(f"{quote(shape.revoked_at)} IS NOT NULL")
     if shape.state:
         marks.append(f"{quote(shape.state)} = '{shape.revoked_state}'")
-    other = f"{quote(shape.state)} = '{shape.other_state}'" if shape.other_state else "false"
+    other = "false"
+    if shape.state and shape.other_state:
+        other = f"{quote(shape.state)} = '{shape.other_state}'"
     rows = await db.fetch(
         f"SELECT {shape.id.sql} AS id, ARRAY[{', '.join(marks)}] AS marks, {other} AS other "
         f"FROM {shape.qualified}"
     )
-    states = {}
+    states: dict[Any, str] = {}
     for row in rows:
         if all(row["marks"]):
             states[row["id"]] = "revoked"
         elif any(row["marks"]):
             states[row["id"]] = "half-revoked"
         else:
-            states[row["id"]] = shape.other_state if row["other"] else "live"
+            states[row["id"]] = shape.other_state if row["other"] and shape.other_state else "live"
     return states
 
 

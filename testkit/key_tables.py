@@ -95,7 +95,8 @@ class KeyTableShape:
         """`settings` pointed at this table (unchanged for our own), validated as at start."""
         if self.native:
             return settings
-        fields = {name.removeprefix("CLEANUP_").lower(): value for name, value in self.env().items()}
+        env = self.env().items()
+        fields = {name.removeprefix("CLEANUP_").lower(): value for name, value in env}
         return settings_with(settings, fields)
 
     def member(self, account: str, user: str) -> tuple[str, str]:
@@ -165,10 +166,10 @@ BILLING = KeyTableShape(
         ' "keyId" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,'
         ' "tenantId" uuid NOT NULL,'
         ' "userId" bigint NOT NULL,'
-        ' "label" text NOT NULL DEFAULT \'\','
+        " \"label\" text NOT NULL DEFAULT '',"
         ' "secretDigest" bytea NOT NULL,'
         ' "createdAt" timestamptz NOT NULL DEFAULT now(),'
-        ' "status" text NOT NULL DEFAULT \'active\''
+        " \"status\" text NOT NULL DEFAULT 'active'"
         "  CHECK (\"status\" IN ('active', 'suspended', 'expired', 'revoked')))",
     ),
     extra_insert={"secretDigest": "'\\x00'::bytea"},

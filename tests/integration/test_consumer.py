@@ -11,9 +11,9 @@ from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
 from testkit.database import ledger_size, membership_rows, revoked_keys, seed_key
 from testkit.events import at, event
+from testkit.kafka import publisher
 from testkit.key_rows import insert_key, key_states
 from testkit.key_tables import KeyTableShape, member
-from testkit.kafka import publisher
 from testkit.metrics import sample
 from testkit.processes import running_worker
 from testkit.waiting import eventually
