@@ -220,9 +220,28 @@ async def unrevoke_all(db: Any) -> None:
         )
         if not (shape.reason and shape.revoked_by):
             await db.execute(f"DELETE FROM {AUDIT_TABLE}")
-        enable = {"A": "ENABLE ALWAYS", "O": "ENABLE", "R": "ENABLE REPLICA", "D": "DISABLE"}
+        enable = {b"A": "ENABLE ALWAYS", b"O": "ENABLE", b"R": "ENABLE REPLICA", b"D": "DISABLE"}
         for trigger in triggers:
             await db.execute(
                 f"ALTER TABLE {shape.qualified} {enable[trigger['tgenabled']]} "
                 f"TRIGGER {quote(trigger['tgname'])}"
             )
+
+
+async def owners(db: Any) -> dict[Any, tuple[str, str]]:
+    """Each key's (account, user) as text, as an event and a notice carry them."""
+    shape = active()
+    rows = await db.fetch(
+        f"SELECT {shape.id.sql} AS id, {shape.account.sql}::text AS account, "
+        f"{shape.user.sql}::text AS user FROM {shape.qualified}"
+    )
+    return {row["id"]: (row["account"], row["user"]) for row in rows}
+
+
+async def created_of(db: Any, key_id: Any) -> datetime:
+    """The key's created column, as the table holds it."""
+    shape = active()
+    created: datetime = await db.fetchval(
+        f"SELECT {quote(shape.created)} FROM {shape.qualified} WHERE {shape.id.sql} = $1", key_id
+    )
+    return created

@@ -237,5 +237,10 @@ def member(account: str, user: str) -> tuple[str, str]:
 over_key_tables = pytest.mark.parametrize("key_shape", list(SHAPES), indirect=True)
 
 
+def account(name: str) -> str:
+    """An account of the suites' names, as the active key table holds it."""
+    return as_column_text(active().account.type, name)
+
+
 def print_command() -> list[str]:
     return [sys.executable, "-m", "cleanup_worker", "migrate", "--print-key-table-sql"]
