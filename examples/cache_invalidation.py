@@ -31,8 +31,10 @@ class KeyCache:
     valid: dict[str, str] = field(default_factory=dict)  # key id -> owner
     seen: set[str] = field(default_factory=set)  # notice ids already acted on
 
-    def remember(self, key_id: str, owner: str) -> None:
-        self.valid[key_id] = owner
+    def remember(self, key_id: str | int, owner: str) -> None:
+        # A notice's key_id is the id as text ('12345' for an integer id, a UUID's usual
+        # form): a cache that holds integer ids keys them by the same text.
+        self.valid[str(key_id)] = owner
 
     def apply(self, notice: dict[str, object]) -> bool:
         """Forgets the notice's key; False for a repeat or another type of event."""

@@ -4,6 +4,7 @@ hash)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ KEY = UUID("7d0c5f3e-3a0b-4c3e-9f4e-2b1d8f6a9c10")
 REVOKED = datetime(2026, 11, 26, 14, 3, 7, 530000, tzinfo=UTC)
 ROW = OutboxRow(
     id=1,
-    key_id=KEY,
+    key_id=str(KEY),
     account_id="a-4f2e91",
     iam_id="IBMid-550001",
     reason="member_removed",
@@ -69,3 +70,14 @@ def test_schema_names_every_field_and_no_hash() -> None:
     assert "hash" not in text
     data = schema["$defs"]["RevocationData"]["properties"]
     assert set(data) == {"key_id", "account_id", "iam_id", "reason", "revoked_at", "revoked_by"}
+
+
+def test_an_integer_key_id_is_announced_as_its_text() -> None:
+    """A mapped table's bigint id 12345 is the notice's key_id "12345", subject and id too."""
+    row = dataclasses.replace(ROW, key_id="12345")
+    body = json.loads(notices.record(row, event_type="api_key.revoked", source="/cw")[1])
+    assert (body["id"], body["subject"], body["data"]["key_id"]) == (
+        "revoked:12345",
+        "12345",
+        "12345",
+    )

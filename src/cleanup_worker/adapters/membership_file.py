@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.adapters.postgres.keys import MembershipSource
+from cleanup_worker.adapters.postgres.key_statements import MembershipSource
 from cleanup_worker.domain.values import (
     ACCOUNT_ID_MAX,
     IAM_ID_MAX,

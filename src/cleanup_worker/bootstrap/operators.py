@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
-from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -20,6 +19,7 @@ from cleanup_worker.adapters.kafka import clients as kafka
 from cleanup_worker.adapters.postgres import connections as postgres
 from cleanup_worker.adapters.postgres.connections import Pool
 from cleanup_worker.adapters.postgres.migrator import Migration, migrate
+from cleanup_worker.bootstrap.key_table import install_key_table, install_key_table_from
 from cleanup_worker.bootstrap.run import build_handler
 from cleanup_worker.errors import ServiceUnavailable
 from cleanup_worker.service.apply.handler import BatchHandler
@@ -58,6 +58,8 @@ async def run_backfill(
     settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
 ) -> Summary:
     """Runs a backfill until it ends, or SIGTERM/SIGINT stop it after the current batch."""
+    async with postgres.connect(settings) as conn:
+        await install_key_table(conn, settings)
     return await run_backfill_until_signalled(backfill_job(settings, request, reporter))
 
 
@@ -95,14 +97,16 @@ async def operator_clients(settings: Settings) -> AsyncIterator[OperatorClients]
                 f"database unreachable after {settings.database_connect_timeout_s:g}s"
             ) from None
         stack.push_async_callback(pool.close)
+        await install_key_table_from(pool, settings)
         yield OperatorClients(consumer, admin, pool, build_handler(settings, pool, None))
 
 
 async def explain(
-    settings: Settings, *, member: tuple[str, str] | None, key_id: UUID | None
+    settings: Settings, *, member: tuple[str, str] | None, key_id: str | None
 ) -> Explanation:
     """`cleanup-worker explain`: one read-only connection, as the operator's login."""
     async with postgres.connect(settings) as conn:
+        await install_key_table(conn, settings)
         if key_id is not None:
             return await explain_key(conn, key_id, notices_on=settings.announce_revocations)
         assert member is not None
@@ -115,6 +119,7 @@ async def report(
     """`cleanup-worker report`, as the operator's login: the period's figures and, on a second
     connection at the same time, the invariant's assessment (both read every key)."""
     async with postgres.connect(settings) as conn:
+        await install_key_table(conn, settings)
         if not assess:
             return await build_report(conn, start, end, slo_s, assess=False)
         async with postgres.connect(settings) as other:

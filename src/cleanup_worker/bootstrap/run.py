@@ -16,6 +16,7 @@ from cleanup_worker.adapters.kafka.dead_letter_topic import DeadLetterPublisher
 from cleanup_worker.adapters.kafka.group_progress import GroupProgress
 from cleanup_worker.adapters.postgres import connections as postgres
 from cleanup_worker.adapters.postgres.connections import Pool
+from cleanup_worker.bootstrap.key_table import install_key_table_from
 from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import Reachability, retrying
 from cleanup_worker.service.apply.change_events import ChangeEventClassifier
@@ -131,6 +132,7 @@ async def late_key_sweeper(
         announce=settings.announce_revocations,
         on_revoked=relay.wake if relay else None,
         database=database,
+        clock_skew_s=settings.keys_clock_skew_s,
     )
 
 
@@ -161,6 +163,7 @@ async def build_consumer(
         settings, max_size=settings.database_pool_size + 1, reachable=database
     )
     stack.push_async_callback(pool.close)
+    await install_key_table_from(pool, settings)
     producer = await start_producer(settings, stack)
     dead_letters = DeadLetterPublisher(
         producer,

@@ -49,17 +49,17 @@ def explain(
     if (member is None) == (key is None):
         fail("give exactly one of --member ACCOUNT/IAM_ID or --key KEY_ID", EXIT_CONFIG)
     target: tuple[str, str] | None = None
-    key_id: UUID | None = None
+    key_id: str | None = None
     if member is not None:
         account, _, iam_id = member.partition("/")
         if not account or not iam_id:
             fail("--member must be ACCOUNT/IAM_ID", EXIT_CONFIG)
         target = (account, iam_id)
+    elif not str(key).strip():
+        fail("--key must be a key id", EXIT_CONFIG)
     else:
-        try:
-            key_id = UUID(str(key))
-        except ValueError:
-            fail("--key must be a key id (a UUID)", EXIT_CONFIG)
+        # Any text: the key table's id may be a UUID, an integer or text (docs/key-table.md).
+        key_id = str(key).strip()
     from cleanup_worker.bootstrap import explain as run_explain  # noqa: PLC0415 - fast --help
 
     settings = settings_or_exit()

@@ -8,6 +8,8 @@ coherence of the settings (`settings_problem`) and of the columns the catalog re
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ __all__ = [
     "KeyTableMapping",
     "catalog_problems",
     "settings_problem",
+    "value_fits",
 ]
 
 DEFAULT_TABLE = "api_keys"  # ours, created by `migrate`, found through the search_path
@@ -25,6 +28,7 @@ _PREFIX = "CLEANUP_KEYS_"
 # Types a comparison can be made in without casting the column (so its indexes serve).
 _TIMESTAMPS = frozenset({"timestamp with time zone", "timestamp without time zone"})
 _TEXTS = frozenset({"text", "character varying", "character", "name", "citext"})
+_DIGITS = re.compile(r"[+-]?[0-9]{1,40}")
 _IDS = _TEXTS | frozenset({"uuid", "bigint", "integer", "smallint", "numeric"})
 
 
@@ -53,8 +57,9 @@ class KeyTableMapping:
 
     @property
     def audit_in_table(self) -> bool:
-        """Whether the table itself records reason and revoked_by (else our key_revocations)."""
-        return self.reason_column is not None and self.revoked_by_column is not None
+        """Whether the table itself records when, why and by whom a key was revoked; else our
+        `key_revocations` does, written by the revoking statement."""
+        return None not in (self.revoked_at_column, self.reason_column, self.revoked_by_column)
 
     @property
     def columns(self) -> dict[str, str]:
@@ -168,3 +173,30 @@ def catalog_problems(mapping: KeyTableMapping, types: Mapping[str, str]) -> list
 def _base_type(formatted: str) -> str:
     # format_type says "character varying(64)", "numeric(20,0)": the family is what counts.
     return formatted.split("(", 1)[0].strip()
+
+
+_INTEGER_RANGES = {
+    "smallint": 2**15,
+    "integer": 2**31,
+    "bigint": 2**63,
+}
+
+
+def value_fits(column_type: str, value: str) -> bool:
+    """Whether `value` (an id from an event or an operator) can be a value of a column of
+    `column_type`: a key column of another type cannot hold it, so it matches no key."""
+    base = _base_type(column_type)
+    if base in _INTEGER_RANGES:
+        if not _DIGITS.fullmatch(value):
+            return False
+        bound = _INTEGER_RANGES[base]
+        return -bound <= int(value) < bound
+    if base == "numeric":
+        return bool(_DIGITS.fullmatch(value))
+    if base == "uuid":
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            return False
+        return True
+    return True

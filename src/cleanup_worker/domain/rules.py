@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from uuid import UUID
 
 from cleanup_worker.domain.events import Change, MembershipEvent
 
@@ -205,7 +204,7 @@ class Assessment:
     by_reason: dict[OrphanReason, int]
     accounts_affected: int
     top_accounts: list[tuple[str, int]] = field(default_factory=list)
-    sample_key_ids: list[UUID] = field(default_factory=list)
+    sample_key_ids: list[str] = field(default_factory=list)  # ids as text
     has_active_members: bool = True
 
     @property

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from cleanup_worker.adapters.postgres import explain as sql
 from cleanup_worker.adapters.postgres.connections import Connection
@@ -22,11 +21,11 @@ from cleanup_worker.errors import NotFound
 
 @dataclass(frozen=True, slots=True)
 class KeyFate:
-    key_id: UUID
+    key_id: str  # as text, whatever the key table's id type
     name: str
     created_at: datetime
     revoked_at: datetime | None
-    status: str  # revoked | live | live_orphaned | waiting_r6
+    status: str  # revoked | live | live_orphaned | waiting_r6 | other_state
     rule: str  # R1 | R1 re-check | R5 | R6 | other | none
     why: str
     notice: str
@@ -62,10 +61,10 @@ async def explain_member(
     return _explain(account_id, iam_id, facts, notices_on)
 
 
-async def explain_key(conn: Connection, key_id: UUID, *, notices_on: bool) -> Explanation:
+async def explain_key(conn: Connection, key_id: str, *, notices_on: bool) -> Explanation:
     member = await sql.member_of_key(conn, key_id)
     if member is None:
-        raise NotFound(f"key {key_id} is unknown: no such id in api_keys")
+        raise NotFound(f"key {key_id} is unknown: no such id in the key table")
     facts = await sql.member_facts(conn, *member, key_id=key_id)
     return _explain(*member, facts, notices_on)
 
@@ -89,7 +88,9 @@ def _explain(account_id: str, iam_id: str, facts: dict[str, Any], notices: bool)
 
 
 def _notice(key: dict[str, Any], facts: dict[str, Any], notices: bool) -> str:
-    if key["revoked_at"] is None:
+    if key["state"] == "other":
+        return "none (neither live nor revoked)"
+    if key["state"] == "live":
         return "none (live)"
     queued = facts["outbox"].get(key["id"])
     if queued is not None:
@@ -110,9 +111,12 @@ def _fate(
         "revoked_at": key["revoked_at"],
         "notice": _notice(key, facts, notices),
     }
-    if key["revoked_at"] is not None:
+    if key["state"] == "revoked":
         rule, why = _revoked_why(key, facts)
         return KeyFate(**base, status="revoked", rule=rule, why=why)
+    if key["state"] == "other":
+        why = "left alone: the key table marks it neither live nor revoked (e.g. expired)"
+        return KeyFate(**base, status="other_state", rule="none", why=why)
     reason = orphan_reason(created, False, membership)
     if reason is None:
         assert membership is not None  # no membership row orphans the key

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,11 +23,16 @@ class RevocationData(BaseModel):
 
     model_config = ConfigDict(frozen=True, title="RevocationData")
 
-    key_id: UUID = Field(description="api_keys.id of the revoked key.")
+    key_id: str = Field(
+        description="The revoked key's id, as text: a UUID for our own api_keys; for a mapped "
+        "key table, its id column's value as PostgreSQL prints it (an integer id is '12345')."
+    )
     account_id: str = Field(description="The account the key belongs to.")
     iam_id: str = Field(description="The user who created the key.")
     reason: str = Field(description="'member_removed' (R1) or 'orphaned' (R5, R6).")
-    revoked_at: datetime = Field(description="api_keys.revoked_at: when it was revoked.")
+    revoked_at: datetime = Field(
+        description="When it was revoked (the revoking transaction's time)."
+    )
     revoked_by: str = Field(description="'event:<source>#<id>' or 'backfill:<run id>'.")
 
 
@@ -55,7 +59,7 @@ def notice(row: OutboxRow, *, event_type: str, source: str) -> RevocationNotice:
         source=source,
         type=event_type,
         time=row.revoked_at,
-        subject=str(row.key_id),
+        subject=row.key_id,
         data=RevocationData(
             key_id=row.key_id,
             account_id=row.account_id,

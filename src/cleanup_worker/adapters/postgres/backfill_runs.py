@@ -1,6 +1,6 @@
 """SQL for the backfill other than revoking: its lock, its run records, and the assessment.
 
-The assessment is one read-only pass over `api_keys` (a hash join with the membership
+The assessment is one read-only pass over the key table (a hash join with the membership
 source) that writes the ids of the orphaned keys into a session TEMP table. The run then
 walks that table by key id in batches, and each batch re-checks R5 as it revokes
 (`keys.revoke_orphans`). So the run never revokes a key the assessment did not count, which
@@ -12,11 +12,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 from uuid import UUID
 
+from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.adapters.postgres.keys import ORPHAN_REASON_SQL, MembershipSource
+from cleanup_worker.adapters.postgres.key_statements import (
+    MembershipSource,
+    fill,
+    key_texts,
+    membership_join,
+    orphan_reason_sql,
+)
+from cleanup_worker.adapters.postgres.key_table import KeyTable
 from cleanup_worker.adapters.postgres.locks import BACKFILL_LOCK_KEY
 from cleanup_worker.domain.rules import Assessment, OrphanReason
 
@@ -73,7 +82,7 @@ class RunRecord:
     mode: str
     status: str
     options: dict[str, Any]
-    checkpoint_key_id: UUID | None
+    checkpoint_key_id: str | None  # the key's id as text
     batches: int
     keys_examined: int
     revoked: dict[OrphanReason, int]
@@ -163,7 +172,7 @@ WHERE run_id = $1
 async def record_batch(
     conn: Connection,
     run_id: UUID,
-    last_key_id: UUID,
+    last_key_id: str,
     examined: int,
     revoked: Mapping[OrphanReason, int],
 ) -> None:
@@ -189,30 +198,48 @@ _CANDIDATES = "pg_temp.backfill_candidates"
 ASSESSMENT_WORK_MEM = "64MB"
 # $1: only keys after this id (a resumed run), or null; $2: only these accounts, or null.
 # CREATE TABLE AS, then one index build: cheaper than an index kept up to date row by row.
+# The candidates keep the key's id in its own type: the run walks them in the key order that
+# `$1` continues.
 _FIND_CANDIDATES = """
-CREATE TEMP TABLE {candidates_name} AS
+CREATE TEMP TABLE backfill_candidates AS
 SELECT id, account_id, reason
-FROM (SELECT k.id, k.account_id, {reason} AS reason
-      FROM api_keys AS k
-      LEFT JOIN {memberships} AS m ON m.account_id = k.account_id AND m.iam_id = k.iam_id
-      WHERE k.revoked_at IS NULL
-        AND ($1::uuid IS NULL OR k.id > $1)
-        AND ($2::text[] IS NULL OR k.account_id = ANY($2))) AS keys
+FROM (SELECT {id} AS id, {account_text} AS account_id, {reason} AS reason
+      FROM {keys} AS k
+      LEFT JOIN {memberships}
+      WHERE {live}
+        AND ($1::text IS NULL OR {id} > {after})
+        AND ($2::text[] IS NULL OR {account} = ANY({accounts}))) AS keys
 WHERE reason IS NOT NULL
 """
-_FIND_CANDIDATES_SQL = {
-    source: _FIND_CANDIDATES.format(
-        candidates_name=_CANDIDATES.removeprefix("pg_temp."),
-        reason=ORPHAN_REASON_SQL,
-        memberships=source.value,
-    )
-    for source in MembershipSource
-}
 _TOTALS = """
-SELECT count(*) AS keys, count(*) FILTER (WHERE revoked_at IS NULL) AS unrevoked
-FROM api_keys
-WHERE $1::text[] IS NULL OR account_id = ANY($1)
+SELECT count(*) AS keys, count(*) FILTER (WHERE {live}) AS unrevoked
+FROM {keys} AS k
+WHERE $1::text[] IS NULL OR {account} = ANY({accounts})
 """
+
+
+@cache
+def _statements(table: KeyTable, memberships: MembershipSource) -> tuple[str, str]:
+    m = table.mapping
+    parts = {
+        **key_texts(table),
+        "keys": table.name,
+        "id": table.id(),
+        "account": table.account(),
+        "live": table.live("k"),
+    }
+    find = fill(
+        _FIND_CANDIDATES,
+        **parts,
+        reason=orphan_reason_sql(table),
+        memberships=membership_join(table, memberships.value),
+        after=table.typed("$1::text", m.id_column),
+        accounts=table.typed_array("$2", m.account_column),
+    )
+    totals = fill(_TOTALS, **parts, accounts=table.typed_array("$1", m.account_column))
+    return find, totals
+
+
 _HAS_ACTIVE_MEMBERS = "SELECT EXISTS (SELECT 1 FROM {memberships} WHERE state = 'active')"
 _BY_REASON = f"SELECT reason, count(*) AS keys FROM {_CANDIDATES} GROUP BY reason"
 _ACCOUNTS = f"SELECT count(DISTINCT account_id) FROM {_CANDIDATES}"
@@ -220,7 +247,7 @@ _TOP_ACCOUNTS = f"""
 SELECT account_id, count(*) AS keys FROM {_CANDIDATES}
 GROUP BY account_id ORDER BY keys DESC, account_id LIMIT $1
 """
-_SAMPLE = f"SELECT id FROM {_CANDIDATES} ORDER BY id LIMIT $1"
+_SAMPLE = f"SELECT id::text AS id FROM {_CANDIDATES} ORDER BY id LIMIT $1"
 
 
 async def assess(
@@ -228,7 +255,7 @@ async def assess(
     memberships: MembershipSource,
     *,
     accounts: Sequence[str] | None = None,
-    after: UUID | None = None,
+    after: str | None = None,
     top: int = 10,
 ) -> Assessment:
     """Finds the orphaned keys in scope (after `after`, in `accounts`) from one snapshot.
@@ -236,14 +263,20 @@ async def assess(
     It only reads shared tables (and takes no row locks); its one write is the session's TEMP
     table of candidates that `next_candidates` then walks.
     """
-    scope = list(accounts) if accounts else None
+    table = key_table.current()
+    scope = None
+    if accounts:
+        # An account the key table's column cannot hold has no keys there.
+        fits = table.fits(table.mapping.account_column, accounts)
+        scope = [account for account, ok in zip(accounts, fits, strict=True) if ok]
+    find, totals_sql = _statements(table, memberships)
     await conn.execute(f"DROP TABLE IF EXISTS {_CANDIDATES}")
     async with conn.transaction(isolation="repeatable_read"):
         # One pass over every key, and an index over what it found: no statement timeout.
         await conn.execute("SET LOCAL statement_timeout = 0")
         await conn.execute("SELECT set_config('work_mem', $1, true)", ASSESSMENT_WORK_MEM)
-        await conn.execute(_FIND_CANDIDATES_SQL[memberships], after, scope)
-        totals = await conn.fetchrow(_TOTALS, scope)
+        await conn.execute(find, after, scope)
+        totals = await conn.fetchrow(totals_sql, scope)
         assert totals is not None  # an aggregate without GROUP BY returns one row
         active: bool = await conn.fetchval(
             _HAS_ACTIVE_MEMBERS.format(memberships=memberships.value)
@@ -267,24 +300,29 @@ async def assess(
 
 
 _FIRST_CANDIDATES = """
-SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(reason ORDER BY id), '{}')
+SELECT coalesce(array_agg(id::text ORDER BY id), '{}'),
+       coalesce(array_agg(reason ORDER BY id), '{}')
 FROM (SELECT id, reason FROM pg_temp.backfill_candidates ORDER BY id LIMIT $1) AS batch
 """
+# The temp table's id has the key table's id type: `$2` (text) is cast to it ({id_type}).
 _NEXT_CANDIDATES = """
-SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(reason ORDER BY id), '{}')
-FROM (SELECT id, reason FROM pg_temp.backfill_candidates WHERE id > $2 ORDER BY id LIMIT $1)
+SELECT coalesce(array_agg(id::text ORDER BY id), '{}'),
+       coalesce(array_agg(reason ORDER BY id), '{}')
+FROM (SELECT id, reason FROM pg_temp.backfill_candidates WHERE id > {after} ORDER BY id LIMIT $1)
     AS batch
 """
 
 
 async def next_candidates(
-    conn: Connection, after: UUID | None, limit: int
-) -> dict[UUID, OrphanReason]:
-    """The next `limit` candidate keys after `after` (keyset order: the primary key), each
-    with the R5 case the assessment found, in key order."""
+    conn: Connection, after: str | None, limit: int
+) -> dict[str, OrphanReason]:
+    """The next `limit` candidate keys after `after` (keyset order: the key's id in its own
+    type), each with the R5 case the assessment found, in key order; ids as text."""
     if after is None:
         row = await conn.fetchrow(_FIRST_CANDIDATES, limit)
     else:
-        row = await conn.fetchrow(_NEXT_CANDIDATES, limit, after)
+        table = key_table.current()
+        after_sql = table.typed("$2::text", table.mapping.id_column)
+        row = await conn.fetchrow(fill(_NEXT_CANDIDATES, after=after_sql), limit, after)
     assert row is not None  # an aggregate without GROUP BY returns one row
     return dict(zip(row[0], map(OrphanReason, row[1]), strict=True))

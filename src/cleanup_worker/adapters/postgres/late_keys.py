@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from uuid import UUID
+from functools import cache
 
+from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.adapters.postgres.keys import LATE_KEYS_SQL
+from cleanup_worker.adapters.postgres.key_statements import fill, key_texts
+from cleanup_worker.adapters.postgres.key_table import KeyTable
+from cleanup_worker.adapters.postgres.keys import late_keys_statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,7 @@ class Cursor:
 class LateKey:
     """An R6 candidate that is still late: live, created after the latest removal."""
 
-    key_id: UUID
+    key_id: str  # as text, whatever the key table's id type
     created_at: datetime
 
 
@@ -116,27 +119,40 @@ async def save_r6_state(conn: Connection, blocked_since: datetime | None, waitin
 # and are dropped at the next review.
 _NOTE_FROM_KEYS = """
 INSERT INTO late_key_candidates (key_id, account_id, iam_id, created_at)
-SELECT k.id, k.account_id, k.iam_id, k.created_at
-FROM api_keys AS k
-JOIN account_memberships AS m ON m.account_id = k.account_id AND m.iam_id = k.iam_id
-WHERE k.revoked_at IS NULL AND k.created_at >= $1
-  AND m.state = 'removed' AND k.created_at > m.changed_at
+SELECT {id_text}, {account_text}, {user_text}, {created_tz}
+FROM {keys} AS k
+JOIN account_memberships AS m ON m.account_id = {account_text} AND m.iam_id = {user_text}
+WHERE {live} AND {created} >= {since}
+  AND m.state = 'removed' AND {created_tz} > m.changed_at
 ON CONFLICT DO NOTHING
 """
 
 
+@cache
+def _note_from_keys(table: KeyTable) -> str:
+    return fill(
+        _NOTE_FROM_KEYS,
+        **key_texts(table),
+        keys=table.name,
+        live=table.live("k"),
+        created=table.created(),
+        since=table.to_created("$1::timestamptz"),
+    )
+
+
 async def note_new_keys(conn: Connection, since: datetime) -> None:
     """R6 candidates among the live keys created at or after `since`."""
-    await conn.execute(_NOTE_FROM_KEYS, since)
+    await conn.execute(_note_from_keys(key_table.current()), since)
 
 
-_FORGET_NOT_LATE = f"""
+_FORGET_NOT_LATE = """
 DELETE FROM late_key_candidates
-WHERE key_id NOT IN (SELECT key_id FROM ({LATE_KEYS_SQL}) AS late)
+WHERE key_id NOT IN (SELECT key_id FROM ({late_keys}) AS late)
 """
 
 
 async def review_candidates(conn: Connection) -> list[LateKey]:
     """Drops the candidates that are no longer late; returns those that still are."""
-    await conn.execute(_FORGET_NOT_LATE)
-    return [LateKey(r["key_id"], r["created_at"]) for r in await conn.fetch(LATE_KEYS_SQL)]
+    late_keys = late_keys_statement(key_table.current())
+    await conn.execute(fill(_FORGET_NOT_LATE, late_keys=late_keys))
+    return [LateKey(r["key_id"], r["created_at"]) for r in await conn.fetch(late_keys)]

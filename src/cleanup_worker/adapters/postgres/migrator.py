@@ -74,7 +74,8 @@ async def refuse_other_shapes(conn: Connection) -> None:
         lacking = "; ".join(f"{t} lacks {', '.join(cols)}" for t, cols in shortfalls.items())
         raise ContractMismatch(
             f"existing tables have another shape than the contract needs: {lacking}. "
-            'Nothing was changed (docs/database-role.md, "An existing key table")'
+            "Nothing was changed. To revoke keys in an existing key table, map it with "
+            "CLEANUP_KEYS_TABLE and the other CLEANUP_KEYS_* settings (docs/key-table.md)"
         )
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from uuid import UUID
 
 from cleanup_worker.adapters.postgres.connections import Connection, Pool
 
@@ -17,7 +16,7 @@ class OutboxRow:
     """One revoked key waiting for its notice to be acknowledged."""
 
     id: int
-    key_id: UUID
+    key_id: str  # the key's id as text, whatever the key table's id type
     account_id: str
     iam_id: str
     reason: str

@@ -20,10 +20,14 @@ Percentiles are nearest-rank (as percentile_disc): each one is an exposure some 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 
+from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.explain import events_named
+from cleanup_worker.adapters.postgres.key_statements import fill, key_texts
+from cleanup_worker.adapters.postgres.key_table import AUDIT_TABLE, KeyTable
 
 RULES = ("R1", "R1 re-check", "R6", "R5", "other")
 MEASURED = ("R1", "R1 re-check", "R6")
@@ -31,28 +35,30 @@ _TABLE = "report_revocations"
 _WEIGHTS = "report_exposures"
 
 # $1, $2: the period [from, to). One narrow row per revoked key: what the statistics and the
-# slowest list need; the slowest keys' other columns are read back by id.
+# slowest list need; the slowest keys' other columns are read back by id. The revocations come
+# from the key table, or, where it records none, from key_revocations (docs/key-table.md).
 _COLLECT = f"""
 CREATE TEMP TABLE {_TABLE} ON COMMIT DROP AS
-SELECT k.id, r.rule, (k.revoked_at AT TIME ZONE 'UTC')::date AS day,
+SELECT {{id_text}} AS id, r.rule, ({{revoked_at}} AT TIME ZONE 'UTC')::date AS day,
        extract(epoch FROM CASE r.rule
-           WHEN 'R1' THEN k.revoked_at - e.event_time
-           WHEN 'R1 re-check' THEN k.revoked_at - greatest(k.created_at, e.applied_at)
-           WHEN 'R6' THEN k.revoked_at - k.created_at
+           WHEN 'R1' THEN {{revoked_at}} - e.event_time
+           WHEN 'R1 re-check' THEN {{revoked_at}} - greatest({{created_tz}}, e.applied_at)
+           WHEN 'R6' THEN {{revoked_at}} - {{created_tz}}
        END)::float8 AS exposure_s
-FROM api_keys AS k
+FROM {{source}}
 LEFT JOIN membership_events AS e
-       ON k.revoked_by = 'event:' || e.source || '#' || e.event_id
+       ON {{revoked_by}} = 'event:' || e.source || '#' || e.event_id
       AND e.change = 'removed' AND e.applied_at < $2
 CROSS JOIN LATERAL (SELECT CASE
-    WHEN k.revoked_by LIKE 'backfill:%' THEN 'R5'
+    WHEN {{revoked_by}} LIKE 'backfill:%' THEN 'R5'
     WHEN e.event_id IS NULL THEN 'other'
-    WHEN k.revocation_reason = 'orphaned' THEN 'R6'
-    WHEN k.revoked_at = e.applied_at THEN 'R1'
+    WHEN {{reason}} = 'orphaned' THEN 'R6'
+    WHEN {{revoked_at}} = e.applied_at THEN 'R1'
     ELSE 'R1 re-check'
 END AS rule) AS r
-WHERE k.revoked_at >= $1 AND k.revoked_at < $2
+WHERE {{revoked_at}} >= $1 AND {{revoked_at}} < $2
 """
+
 
 # The keys of one removal that R1 revoked share one exposure: the statistics read each
 # (day, rule, exposure) once, with its number of keys, instead of every key. $1: the SLO.
@@ -101,13 +107,43 @@ def _percentiles(columns: tuple[str, ...]) -> str:
 
 
 _SLOWEST = f"""
-SELECT k.id, k.account_id, k.iam_id, t.rule, k.created_at, k.revoked_at, k.revoked_by,
+SELECT t.id, {{account_text}} AS account_id, {{user_text}} AS iam_id, t.rule,
+       {{created_tz}} AS created_at, {{revoked_at}} AS revoked_at, {{revoked_by}} AS revoked_by,
        t.exposure_s
 FROM (SELECT id, rule, exposure_s FROM {_TABLE} WHERE exposure_s IS NOT NULL
       ORDER BY exposure_s DESC, id LIMIT $1) AS t
-JOIN api_keys AS k ON k.id = t.id
+JOIN {{keys}} AS k ON {{id}} = {{t_id}}
+{{audit_join}}
 ORDER BY t.exposure_s DESC, t.id
 """
+
+
+@cache
+def _key_statements(table: KeyTable) -> tuple[str, str]:
+    """The collection and the slowest list, for `table`."""
+    m = table.mapping
+    parts = {
+        **key_texts(table),
+        "keys": table.name,
+        "id": table.id(),
+        "revoked_at": table.revoked_at(),
+        "reason": table.reason(),
+        "revoked_by": table.revoked_by(),
+    }
+    source = f"{table.name} AS k"
+    if table.audited_apart:
+        # From our record of the period's revocations (its index on revoked_at), to the keys.
+        source = f"{AUDIT_TABLE} AS a JOIN {source} ON {table.id()} = "
+        source += table.typed("a.key_id", m.id_column)
+    collect = fill(_COLLECT, **parts, source=source)
+    slowest = fill(
+        _SLOWEST,
+        **parts,
+        t_id=table.typed("t.id", m.id_column),
+        audit_join=table.audit_join(),
+    )
+    return collect, slowest
+
 
 _REMOVALS = """
 SELECT (applied_at AT TIME ZONE 'UTC')::date AS day, count(*) AS removals
@@ -171,11 +207,12 @@ async def revocation_figures(
         # disk (55 s for a year of 15 M revocations), where the parallel hash join of the
         # ledger's removals takes 35 s (docs/performance.md, "Report and explain").
         await conn.execute("SET LOCAL enable_mergejoin = off")
-        await conn.execute(_COLLECT, start, end)
+        collect, slowest_sql = _key_statements(key_table.current())
+        await conn.execute(collect, start, end)
         await conn.execute(_WEIGH)
         counts = await conn.fetch(_COUNTS)
         levels = {columns: await conn.fetch(_percentiles(columns), slo_s) for columns in _LEVELS}
-        slow = [dict(r) for r in await conn.fetch(_SLOWEST, slowest)]
+        slow = [dict(r) for r in await conn.fetch(slowest_sql, slowest)]
         # Their removals by primary key (a join on the reference would read the ledger).
         named = await events_named(conn, {row["revoked_by"] for row in slow})
         for row in slow:

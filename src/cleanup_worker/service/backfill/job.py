@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, suppress
@@ -35,7 +34,7 @@ from cleanup_worker.adapters import membership_file
 from cleanup_worker.adapters.postgres import backfill_runs, keys
 from cleanup_worker.adapters.postgres.backfill_runs import RunRecord
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.adapters.postgres.keys import MembershipSource
+from cleanup_worker.adapters.postgres.key_statements import MembershipSource
 from cleanup_worker.adapters.postgres.sqlstate import is_lost_race, is_unreachable
 from cleanup_worker.domain.rules import Assessment, OrphanReason
 from cleanup_worker.errors import AlreadyRunning
@@ -203,7 +202,7 @@ class Backfill:
         summary: Summary,
         source: MembershipSource,
         found: Assessment,
-        after: uuid.UUID | None,
+        after: str | None,
     ) -> bool:
         """Walks the candidates in batches; True when all are done, False when stopped."""
         options = summary.options
@@ -236,7 +235,7 @@ class Backfill:
         self,
         conn: Connection,
         summary: Summary,
-        batch: dict[uuid.UUID, OrphanReason],
+        batch: dict[str, OrphanReason],
         revoked_by: str,
         source: MembershipSource,
     ) -> Counter[OrphanReason]:

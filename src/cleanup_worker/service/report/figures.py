@@ -10,7 +10,7 @@ from typing import Any
 from cleanup_worker.adapters.postgres import backfill_runs
 from cleanup_worker.adapters.postgres import report as sql
 from cleanup_worker.adapters.postgres.connections import Connection
-from cleanup_worker.adapters.postgres.keys import MembershipSource
+from cleanup_worker.adapters.postgres.key_statements import MembershipSource
 from cleanup_worker.domain.rules import OrphanReason
 from cleanup_worker.errors import WindowError
 

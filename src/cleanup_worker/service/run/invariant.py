@@ -16,7 +16,7 @@ from contextlib import suppress
 
 from cleanup_worker.adapters.postgres import backfill_runs
 from cleanup_worker.adapters.postgres.connections import Connection, Pool
-from cleanup_worker.adapters.postgres.keys import MembershipSource
+from cleanup_worker.adapters.postgres.key_statements import MembershipSource
 from cleanup_worker.adapters.postgres.locks import INVARIANT_LOCK_KEY
 from cleanup_worker.domain.rules import OrphanReason
 from cleanup_worker.logging import get_logger

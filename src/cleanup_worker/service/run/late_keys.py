@@ -24,6 +24,7 @@ from cleanup_worker.adapters.postgres.connections import Pool
 from cleanup_worker.adapters.postgres.keys import RevokedKey
 from cleanup_worker.adapters.postgres.late_keys import Cursor, LateKey
 from cleanup_worker.adapters.postgres.sqlstate import is_transient
+from cleanup_worker.domain.key_table import KeyTableMapping
 from cleanup_worker.domain.late_keys import group_has_caught_up, settle_cutoff
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
@@ -35,8 +36,9 @@ RULE_RECHECK = "r1_recheck"
 RULE_LATE_KEY = "r6_late_key"
 
 # Keys are looked at again a little before the window: a key service that sets created_at
-# from its own clock may be a little behind the database's.
-CLOCK_MARGIN = timedelta(seconds=2)
+# from its own clock may be behind the database's (CLEANUP_KEYS_CLOCK_SKEW_S; this is its
+# default, "Key table mapping" in docs/design.md).
+CLOCK_MARGIN = timedelta(seconds=KeyTableMapping().clock_skew_s)
 # R6 asks the brokers at most this long per sweep: the next sweep (and its re-check) waits for
 # this one, and a broker that does not answer must not hold the re-check back.
 GROUP_PROGRESS_TIMEOUT_S = 2.0
@@ -91,8 +93,13 @@ class LateKeySweeper:
         announce: bool = False,
         on_revoked: Callable[[], None] | None = None,
         database: Reachability | None = None,
+        clock_skew_s: float | None = None,
     ) -> None:
         self._pool = pool
+        # How far behind the database's clock a key's created time may be (its writer's
+        # clock): the re-check looks that much before its window, and R6 asks the group for
+        # the records produced up to that much after the key's creation.
+        self._skew = CLOCK_MARGIN if clock_skew_s is None else timedelta(seconds=clock_skew_s)
         # After an outage the sweep resumes with the batches, not a backoff later (R1's
         # re-check promises 2 s).
         self._database = database
@@ -150,7 +157,7 @@ class LateKeySweeper:
                 return None
             at, running = await sql.running_transactions(conn)
             cursor = advance(cursor, at, running)
-            since = cursor.window_start - CLOCK_MARGIN
+            since = cursor.window_start - self._skew
             swept = Swept(
                 rechecked=await keys.recheck_recent_keys(conn, since, announce=self._announce)
             )
@@ -189,7 +196,7 @@ class LateKeySweeper:
             try:
                 async with asyncio.timeout(GROUP_PROGRESS_TIMEOUT_S):
                     consumed_before = await progress.consumed_before(
-                        [settle_cutoff(key.created_at, self._settle) for key in due]
+                        [settle_cutoff(key.created_at + self._skew, self._settle) for key in due]
                     )
             except (KafkaError, TimeoutError) as exc:  # unknown progress: wait, never guess
                 log.warning("late_keys.group_progress_unknown", error=type(exc).__name__)
@@ -198,7 +205,7 @@ class LateKeySweeper:
         allowed = [
             key.key_id
             for key in due
-            if group_has_caught_up(key.created_at, self._settle, consumed_before)
+            if group_has_caught_up(key.created_at + self._skew, self._settle, consumed_before)
         ]
         swept.waiting = len(due) - len(allowed)
         blocked_since = (cursor.r6_blocked_since or now) if swept.waiting else None
