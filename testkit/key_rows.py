@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from datetime import datetime
 from typing import Any
 
@@ -62,11 +63,33 @@ async def owner_sql(shape: KeyTableShape, database_url: str) -> str:
 
 
 async def apply_owner_sql(db: Any, shape: KeyTableShape, database_url: str) -> None:
-    """Applies the printed SQL as the table's owner would (not as a superuser)."""
+    """Applies the printed SQL as the table's owner would with psql: statement by statement,
+    outside a transaction block (its indexes are built CONCURRENTLY), as `OWNER`."""
     sql = await owner_sql(shape, database_url)
-    async with db.transaction():
-        await db.execute(f"SET LOCAL ROLE {OWNER}")
-        await db.execute(sql)
+    await db.execute(f"SET ROLE {OWNER}")
+    try:
+        for statement in statements(sql):
+            await db.execute(statement)
+    finally:
+        await db.execute("RESET ROLE")
+
+
+_TOKENS = re.compile(r"--[^\n]*|'(?:[^']|'')*'|(\$[A-Za-z_0-9]*\$)|;")
+
+
+def statements(script: str) -> list[str]:
+    """A SQL script split into its statements, as psql splits it: at semicolons outside
+    comments, quoted strings and dollar-quoted bodies."""
+    found, start, position = [], 0, 0
+    while match := _TOKENS.search(script, position):
+        position = match.end()
+        if match.group(1):  # a dollar quote: skip to its closing tag
+            position = script.index(match.group(1), position) + len(match.group(1))
+        elif match.group(0) == ";":
+            found.append(script[start : match.start()])
+            start = position
+    found.append(script[start:])
+    return [s.strip() for s in found if _TOKENS.sub("", s).strip()]
 
 
 async def install(db: Any, shape: KeyTableShape, database_url: str) -> None:

@@ -16,6 +16,7 @@ import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cleanup_worker.adapters.kafka import errors as kafka_errors
+from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.migrator import migrate
 from cleanup_worker.retries import install_retry_hooks
 from cleanup_worker.settings import Settings
@@ -104,6 +105,9 @@ def key_shape(request: pytest.FixtureRequest) -> Iterator[KeyTableShape]:
     activate(shape)
     yield shape
     activate(NATIVE)
+    # An in-process worker installed the mapped table for the process: later tests that
+    # build the adapters themselves expect our own.
+    key_table.use(key_table.DEFAULT)
 
 
 @pytest.fixture
