@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from pydantic import SecretStr
 
 from cleanup_worker.bootstrap import backfill_job, run_process
+from cleanup_worker.bootstrap.key_table import install_key_table
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Summary
 from cleanup_worker.service.run.process import RunProcess
@@ -49,7 +51,13 @@ async def run_backfill(database_url: str, **request: Any) -> Summary:
     """A backfill in this process that executes, with no --max-fraction brake unless the
     request sets one (small data sets are mostly orphaned)."""
     options = {"execute": True, "max_fraction": 1.0, **request}
-    return await backfill_job(backfill_settings(database_url), BackfillRequest(**options)).run()
+    settings = backfill_settings(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:  # as the program does first: the key table checked and installed for the process
+        await install_key_table(conn, settings)
+    finally:
+        await conn.close()
+    return await backfill_job(settings, BackfillRequest(**options)).run()
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:

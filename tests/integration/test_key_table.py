@@ -26,7 +26,7 @@ from testkit.services import Services, with_database
 # rights, storage options, owner. `migrate` must leave every row of it as it was.
 _DEFINITION = """
 SELECT 'attribute', a.attnum::text, a.attname, format_type(a.atttypid, a.atttypmod),
-       a.attnotnull::text || a.attidentity || a.attgenerated || a.atthasdef::text
+       a.attnotnull::text || a.attidentity::text || a.attgenerated::text || a.atthasdef::text
        || a.attisdropped::text || coalesce(a.attacl::text, '') || a.attcollation::text
        || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
 FROM pg_attribute AS a LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
