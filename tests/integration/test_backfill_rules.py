@@ -140,9 +140,12 @@ async def test_resume_without_an_interrupted_run_is_an_error(database_url: str, 
         await run_backfill(database_url, resume=True)
 
 
-async def candidates(db: Any, after: uuid.UUID | None = None) -> list[uuid.UUID]:
-    """Assesses on `db` itself (the candidates live in its session) and lists them."""
-    await backfill_runs.assess(db, MembershipSource.TABLE, after=after)
+async def candidates(db: Any, after: uuid.UUID | None = None) -> list[str]:
+    """Assesses on `db` itself (the candidates live in its session) and lists them (ids as
+    text, as our tables hold them)."""
+    await backfill_runs.assess(
+        db, MembershipSource.TABLE, after=None if after is None else str(after)
+    )
     return list(await backfill_runs.next_candidates(db, None, 10_000))
 
 
@@ -151,7 +154,7 @@ async def test_membership_added_after_the_assessment_keeps_the_key(db: Any) -> N
     await member(db, "acct", "bob")
     key = await seed_key(db, "acct", "alice", at(5))
     found = await candidates(db)
-    assert found == [key]
+    assert found == [str(key)]
     await member(db, "acct", "alice", since=at(0))
     revoked = await keys.revoke_orphans(
         db, found, "backfill:x", MembershipSource.TABLE, announce=False

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cleanup_worker.adapters.postgres import keys, memberships
+from cleanup_worker.adapters.postgres import key_table, keys, memberships
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 MEMBERS = 30
@@ -103,11 +103,11 @@ STATEMENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "capture baselines": (memberships._CAPTURE_BASELINES, (accounts, iam_ids)),
     "record events": (memberships._RECORD_EVENTS, (ledger_rows,)),
     "revoke for removals": (
-        keys._REVOKE_FOR_REMOVALS[(False, False)],
+        keys.r1_statement(key_table.DEFAULT, announce=False, note_late_keys=False),
         (accounts, iam_ids, [T] * MEMBERS, ["event:/s#x"] * MEMBERS),
     ),
     "revoke for removals, announced, late keys noted": (
-        keys._REVOKE_FOR_REMOVALS[(True, True)],
+        keys.r1_statement(key_table.DEFAULT, announce=True, note_late_keys=True),
         (accounts, iam_ids, [T] * MEMBERS, ["event:/s#x"] * MEMBERS),
     ),
     "load history": (memberships._HISTORY, (accounts, iam_ids)),

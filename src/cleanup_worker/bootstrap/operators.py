@@ -19,7 +19,11 @@ from cleanup_worker.adapters.kafka import clients as kafka
 from cleanup_worker.adapters.postgres import connections as postgres
 from cleanup_worker.adapters.postgres.connections import Pool
 from cleanup_worker.adapters.postgres.migrator import Migration, migrate
-from cleanup_worker.bootstrap.key_table import install_key_table, install_key_table_from
+from cleanup_worker.bootstrap.key_table import (
+    connect_with_key_table,
+    install_key_table,
+    install_key_table_from,
+)
 from cleanup_worker.bootstrap.run import build_handler
 from cleanup_worker.errors import ServiceUnavailable
 from cleanup_worker.service.apply.handler import BatchHandler
@@ -45,7 +49,7 @@ def backfill_job(
     """`cleanup-worker backfill`, wired and not yet started: it opens one connection at a
     time (a new one after a lost one), the way `postgres.connect` does for `migrate`."""
     return Backfill(
-        partial(postgres.connect, settings),
+        partial(connect_with_key_table, settings),
         request,
         reporter,
         statement_timeout_ms=settings.database_statement_timeout_ms,
@@ -58,8 +62,6 @@ async def run_backfill(
     settings: Settings, request: BackfillRequest, reporter: Reporter | None = None
 ) -> Summary:
     """Runs a backfill until it ends, or SIGTERM/SIGINT stop it after the current batch."""
-    async with postgres.connect(settings) as conn:
-        await install_key_table(conn, settings)
     return await run_backfill_until_signalled(backfill_job(settings, request, reporter))
 
 

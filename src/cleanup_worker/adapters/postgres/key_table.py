@@ -56,7 +56,8 @@ class KeyTable:
         return dict(self.types)[column]
 
     def col(self, alias: str, column: str) -> str:
-        return f"{alias}.{quote_ident(column)}"
+        """`column` of `alias`, quoted ('' for the bare column: an index predicate)."""
+        return f"{alias}.{quote_ident(column)}" if alias else quote_ident(column)
 
     def id(self, alias: str = "k") -> str:
         return self.col(alias, self.mapping.id_column)

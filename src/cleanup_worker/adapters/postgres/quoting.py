@@ -8,7 +8,7 @@ import re
 
 __all__ = ["quote_ident", "quote_literal", "quote_qualified"]
 
-_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
+_PLAIN = re.compile(r"[a-z_][a-z0-9_]*")
 
 # Every keyword that is not "unreserved" (pg_get_keywords() of PostgreSQL 15, catcode <> 'U'):
 # such a name must be quoted as a column or table name.

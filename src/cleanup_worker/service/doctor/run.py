@@ -8,6 +8,7 @@ from typing import Any
 from cleanup_worker.adapters.kafka.doctor import kafka_checks
 from cleanup_worker.adapters.postgres import connections as postgres
 from cleanup_worker.adapters.postgres.doctor import database_checks
+from cleanup_worker.adapters.postgres.doctor_key_table import key_table_checks
 from cleanup_worker.adapters.postgres.sqlstate import describe
 from cleanup_worker.domain.checks import Check, Outcome
 from cleanup_worker.errors import CleanupError
@@ -38,7 +39,10 @@ async def _database(settings: Settings) -> list[Check]:
     )
     try:
         async with postgres.connect(quick) as conn:
-            return await database_checks(conn)
+            return [
+                *await database_checks(conn),
+                *await key_table_checks(conn, settings.key_table),
+            ]
     except Exception as exc:  # noqa: BLE001 - any failure to connect is this row's answer
         detail = str(exc) if isinstance(exc, CleanupError) else describe(exc)
         return [

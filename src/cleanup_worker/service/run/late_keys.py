@@ -97,8 +97,9 @@ class LateKeySweeper:
     ) -> None:
         self._pool = pool
         # How far behind the database's clock a key's created time may be (its writer's
-        # clock): the re-check looks that much before its window, and R6 asks the group for
-        # the records produced up to that much after the key's creation.
+        # clock): the re-check and R6's notes look that much before the window. R6's guard
+        # takes the created time as it is: its settle delay (30 s by default) is what absorbs
+        # a writer's clock behind ours, and should stay above this skew.
         self._skew = CLOCK_MARGIN if clock_skew_s is None else timedelta(seconds=clock_skew_s)
         # After an outage the sweep resumes with the batches, not a backoff later (R1's
         # re-check promises 2 s).
@@ -196,7 +197,7 @@ class LateKeySweeper:
             try:
                 async with asyncio.timeout(GROUP_PROGRESS_TIMEOUT_S):
                     consumed_before = await progress.consumed_before(
-                        [settle_cutoff(key.created_at + self._skew, self._settle) for key in due]
+                        [settle_cutoff(key.created_at, self._settle) for key in due]
                     )
             except (KafkaError, TimeoutError) as exc:  # unknown progress: wait, never guess
                 log.warning("late_keys.group_progress_unknown", error=type(exc).__name__)
@@ -205,7 +206,7 @@ class LateKeySweeper:
         allowed = [
             key.key_id
             for key in due
-            if group_has_caught_up(key.created_at + self._skew, self._settle, consumed_before)
+            if group_has_caught_up(key.created_at, self._settle, consumed_before)
         ]
         swept.waiting = len(due) - len(allowed)
         blocked_since = (cursor.r6_blocked_since or now) if swept.waiting else None
