@@ -1,11 +1,10 @@
-"""An existing key table of another shape, met by `migrate`, `doctor` and `run`
-(docs/key-table.md; "Key table mapping", docs/design.md): hands off the table, checks what its
-owner must apply, and a mapping that does not fit the catalog stops start-up."""
+"""An existing key table of another shape, met by `migrate` and `run` (docs/key-table.md; "Key
+table mapping", docs/design.md): `migrate` keeps its hands off the table, and a mapping that
+does not fit the catalog stops start-up. `doctor` on it: test_key_table_doctor.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import uuid
@@ -15,10 +14,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cleanup_worker.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_REFUSED
+from cleanup_worker.errors import EXIT_CONFIG, EXIT_REFUSED
 from cleanup_worker.settings import Settings
 from testkit import key_rows
-from testkit.key_tables import BILLING, KEYRING, KeyTableShape, activate
+from testkit.key_tables import BILLING, KEYRING, KeyTableShape
 from testkit.processes import cli
 from testkit.services import Services, with_database
 
@@ -117,35 +116,6 @@ async def test_migrate_without_a_mapping_points_to_the_settings(empty_database: 
     [line] = err.strip().splitlines()
     assert "CLEANUP_KEYS_TABLE" in line
     assert "docs/key-table.md" in line
-
-
-async def doctor_failures(settings: Settings) -> tuple[int, dict[str, str]]:
-    """`doctor --json` on these settings: its exit code, and each failed check's name with
-    its detail and fix."""
-    code, out, err = await cli(settings, "doctor", "--json")
-    assert code in (0, EXIT_FAILED), err[-2000:]
-    checks = json.loads(out)["checks"]
-    return code, {c["name"]: f"{c['detail']} {c['fix']}" for c in checks if c["outcome"] == "fail"}
-
-
-@pytest.mark.parametrize("shape", [BILLING, KEYRING], ids=lambda shape: shape.name)
-async def test_doctor_names_what_the_owner_has_not_applied(
-    settings: Settings, db: Any, database_url: str, shape: KeyTableShape
-) -> None:
-    """On a mapped table without the printed SQL, doctor fails naming the two indexes, R4's
-    trigger and the worker's rights, each saying to apply `migrate --print-key-table-sql`;
-    once the owner applied it, doctor passes."""
-    activate(shape)
-    await key_rows.create_table(db, shape)
-    settings = shape.configure(settings)
-    code, failed = await doctor_failures(settings)
-    assert code == EXIT_FAILED
-    assert sum("index" in name for name in failed) == 2, failed
-    assert sum("trigger" in name for name in failed) == 1, failed
-    assert any("grant" in name or "rights" in name for name in failed), failed
-    assert all("--print-key-table-sql" in text for text in failed.values()), failed
-    await key_rows.apply_owner_sql(db, shape, database_url)
-    assert await doctor_failures(settings) == (0, {})
 
 
 @pytest.mark.parametrize(
