@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-from uuid import UUID
 
 import asyncpg
 
@@ -169,7 +168,7 @@ async def explain_latencies(url: str, members: int, rng: random.Random) -> dict[
             started = time.perf_counter()
             answer = await explain_member(conn, f"acct-{i % 50000}", f"user-{i}", notices_on=False)
             member_ms.append((time.perf_counter() - started) * 1000)
-            key_id: UUID = answer.keys[rng.randrange(len(answer.keys))].key_id
+            key_id = answer.keys[rng.randrange(len(answer.keys))].key_id
             started = time.perf_counter()
             await explain_key(conn, key_id, notices_on=False)
             key_ms.append((time.perf_counter() - started) * 1000)

@@ -11,7 +11,7 @@ import pytest
 
 from cleanup_worker.adapters.postgres.key_table import KeyTable
 from cleanup_worker.adapters.postgres.key_table_owner import owner_sql
-from cleanup_worker.errors import EXIT_FAILED
+from cleanup_worker.errors import EXIT_FAILED, EXIT_REFUSED
 from cleanup_worker.settings import Settings
 from testkit.events import at
 from testkit.operator import operator_login
@@ -106,3 +106,15 @@ async def test_doctor_names_a_right_beyond_revoking(
 
 
 __all__ = ["mapped"]
+
+
+async def test_migrate_refuses_a_mapping_onto_its_own_api_keys(settings: Settings) -> None:
+    """Mapping the api_keys that the migrations alter is refused with exit 3 and one line
+    naming CLEANUP_KEYS_TABLE."""
+    code, _, err = await cli(
+        settings, "migrate", **{**ENV, "CLEANUP_KEYS_TABLE": "public.api_keys"}
+    )
+    assert code == EXIT_REFUSED
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "CLEANUP_KEYS_TABLE" in lines[0]

@@ -6,14 +6,16 @@ key_revocations records them). One test per statement family."""
 from __future__ import annotations
 
 import json
+import signal
+import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest_asyncio
 
 from cleanup_worker.adapters.cloudevents import notices
-from cleanup_worker.adapters.postgres import key_table, keys, late_keys, outbox
+from cleanup_worker.adapters.postgres import key_table, keys, late_keys, outbox, report
 from cleanup_worker.adapters.postgres.key_table_owner import owner_sql
 from cleanup_worker.adapters.postgres.quoting import quote_ident
 from cleanup_worker.bootstrap import explain
@@ -21,7 +23,9 @@ from cleanup_worker.domain.key_table import KeyTableMapping
 from cleanup_worker.errors import EXIT_CONFIG
 from cleanup_worker.settings import Settings
 from testkit.events import at, event
-from testkit.processes import cli
+from testkit.kafka import create_topic, publisher, read_topic
+from testkit.processes import cli, spawn_worker
+from testkit.waiting import eventually
 
 MAPPING = KeyTableMapping(
     table="keysvc.ApiKeys",
@@ -250,3 +254,54 @@ async def test_identifiers_are_quoted_as_postgresql_quotes_them(db: Any) -> None
         "SELECT array_agg(quote_ident(n)) FROM unnest($1::text[]) AS n", names
     )
     assert [quote_ident(name) for name in names] == theirs
+
+
+async def test_the_worker_revokes_and_announces_through_the_mapping(
+    mapped: Any, settings: Settings
+) -> None:
+    """`run` as a process configured by CLEANUP_KEYS_*: a removal from Kafka revokes the
+    member's live key in the mapped table and its notice carries key_id "<bigint>"."""
+    db = mapped
+    topic = f"test-notices-{uuid.uuid4().hex[:12]}"
+    announcing = settings.model_copy(update={"revocations_topic": topic})
+    await create_topic(announcing, topic)
+    key = await add_key(db, 1001, "alice", at(-10))
+    expired = await add_key(db, 1001, "alice", at(-10), "expired")
+    removal = event("removed", "1001", "alice", at(0))
+    worker = await spawn_worker(announcing, **ENV)
+    try:
+        async with publisher(announcing) as pub:
+            await pub.events([removal])
+
+        async def announced() -> bool:
+            return bool(await read_topic(announcing, topic))
+
+        await eventually(announced, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        await worker.wait()
+    assert await statuses(db) == {key: "revoked", expired: "expired"}
+    [record] = await read_topic(announcing, topic)
+    data = json.loads(record.value)["data"]
+    assert (data["key_id"], data["reason"], data["revoked_by"]) == (
+        str(key),
+        "member_removed",
+        removal.ref,
+    )
+
+
+async def test_report_reads_the_revocations_of_a_mapped_table_from_the_audit(mapped: Any) -> None:
+    """A removal applied with its R1 revocation counts as R1 in the period, with the key's
+    exposure, read from key_revocations and the mapped table's created column."""
+    db = mapped
+    key = await add_key(db, 1001, "alice", at(-10))
+    removal = event("removed", "1001", "alice", at(0))
+    async with db.transaction():
+        await ledger_removal(db, "1001", "alice", at(0), removal.id, removal.source)
+        await keys.revoke_for_removals(db, [removal], announce=False)
+    now = datetime.now(UTC)
+    figures = await report.revocation_figures(db, now - timedelta(hours=1), now, 60.0, 5)
+    [period] = [row for row in figures["stats"] if row["all_days"] and row["all_rules"]]
+    assert period["keys"] == 1
+    [slow] = figures["slowest"]
+    assert (slow["id"], slow["rule"], slow["account_id"]) == (str(key), "R1", "1001")

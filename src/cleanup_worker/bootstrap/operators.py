@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from cleanup_worker.adapters.kafka import clients as kafka
 from cleanup_worker.adapters.postgres import connections as postgres
 from cleanup_worker.adapters.postgres.connections import Pool
+from cleanup_worker.adapters.postgres.key_table import KeyTable
 from cleanup_worker.adapters.postgres.migrator import Migration, migrate
 from cleanup_worker.bootstrap.key_table import (
     connect_with_key_table,
@@ -39,8 +40,10 @@ from cleanup_worker.settings import Settings
 
 async def migrate_database(settings: Settings) -> list[Migration]:
     """`cleanup-worker migrate`: the migrations, on one connection."""
+    mapping = settings.key_table
+    mapped = None if mapping.is_default else KeyTable(mapping).name
     async with postgres.connect(settings) as conn:
-        return await migrate(conn)
+        return await migrate(conn, mapped_table=mapped)
 
 
 def backfill_job(

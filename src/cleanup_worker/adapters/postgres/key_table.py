@@ -98,6 +98,8 @@ class KeyTable:
     def fits(self, column: str, values: Sequence[str]) -> list[bool]:
         """For each value, whether `column` can hold it (one that cannot matches no key)."""
         kind = self.type_of(column)
+        if kind in _TEXT_TYPES:  # our own api_keys: nothing to check on the batch's path
+            return [True] * len(values)
         return [value_fits(kind, value) for value in values]
 
     # -- the marker --------------------------------------------------------------------------

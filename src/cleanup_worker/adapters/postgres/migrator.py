@@ -79,14 +79,32 @@ async def refuse_other_shapes(conn: Connection) -> None:
         )
 
 
-async def migrate(conn: Connection) -> list[Migration]:
+async def refuse_to_alter_the_mapped_table(conn: Connection, mapped_table: str) -> None:
+    """Raises ContractMismatch when the mapped key table (quoted) is the `api_keys` that the
+    migrations create and alter: a table we do not own is never altered."""
+    same = await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($1) = to_regclass('api_keys')",
+        mapped_table,
+    )
+    if same:
+        raise ContractMismatch(
+            "CLEANUP_KEYS_TABLE: names the api_keys that `migrate` creates and alters in its "
+            "own schema; run the migrations in a schema of their own (the login's search_path)"
+            " so that they never touch the mapped table (docs/key-table.md). Nothing was changed"
+        )
+
+
+async def migrate(conn: Connection, *, mapped_table: str | None = None) -> list[Migration]:
     """Applies what is missing, each file in its own transaction; returns what it applied.
+    `mapped_table`: the key table of another shape that the keys live in (quoted), if any.
 
     Several pods may run this at once: the session advisory lock makes them take turns,
     and whoever comes second finds nothing left to do.
     """
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
+        if mapped_table is not None:
+            await refuse_to_alter_the_mapped_table(conn, mapped_table)
         # The contract first, before anything is written: a key table of another shape that
         # the worker joins would otherwise fail half-way, in a migration's index.
         await refuse_other_shapes(conn)
