@@ -34,7 +34,7 @@ async def seed_key(
     return await key_rows.insert_key(db, account_id, iam_id, created_at)
 
 
-async def revoked_keys(db: Any) -> dict[Any, tuple[str | None, str | None]]:
+async def revoked_keys(db: Any) -> dict[Any, tuple[str, str]]:
     """Each revoked key of the active key table: (reason, revoked_by)."""
     return await key_rows.revocations(db)
 

@@ -156,7 +156,7 @@ async def insert_keys(db: Any, keys: list[tuple[str, str, datetime]]) -> None:
     )
 
 
-async def revocations(db: Any) -> dict[Any, tuple[str | None, str | None]]:
+async def revocations(db: Any) -> dict[Any, tuple[str, str]]:
     """Each revoked key's (reason, revoked_by): from the table's own columns, or else from
     the worker's audit table (the one reader of either)."""
     shape = active()
