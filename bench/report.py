@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from cleanup_worker.adapters.postgres import backfill_runs
+from cleanup_worker.adapters.postgres import backfill_assessment
 from cleanup_worker.adapters.postgres.keys import MembershipSource
 from cleanup_worker.adapters.postgres.migrator import migrate
 from cleanup_worker.service.explain import explain_key, explain_member
@@ -188,7 +188,7 @@ async def assessment_s(url: str) -> float:
     conn = await asyncpg.connect(url)
     try:
         started = time.monotonic()
-        await backfill_runs.assess(conn, MembershipSource.TABLE, top=0)
+        await backfill_assessment.assess(conn, MembershipSource.TABLE, top=0)
         return round(time.monotonic() - started, 1)
     finally:
         await conn.close()

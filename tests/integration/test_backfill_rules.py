@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cleanup_worker.adapters.postgres import backfill_runs, keys
+from cleanup_worker.adapters.postgres import backfill_assessment, keys
 from cleanup_worker.adapters.postgres.keys import MembershipSource
 from cleanup_worker.domain.rules import Membership, OrphanReason, State, orphan_reason
 from cleanup_worker.errors import BackfillError
@@ -143,10 +143,10 @@ async def test_resume_without_an_interrupted_run_is_an_error(database_url: str, 
 async def candidates(db: Any, after: uuid.UUID | None = None) -> list[str]:
     """Assesses on `db` itself (the candidates live in its session) and lists them (ids as
     text, as our tables hold them)."""
-    await backfill_runs.assess(
+    await backfill_assessment.assess(
         db, MembershipSource.TABLE, after=None if after is None else str(after)
     )
-    return list(await backfill_runs.next_candidates(db, None, 10_000))
+    return list(await backfill_assessment.next_candidates(db, None, 10_000))
 
 
 async def test_membership_added_after_the_assessment_keeps_the_key(db: Any) -> None:
@@ -225,7 +225,7 @@ async def test_sql_agrees_with_orphan_reason(database_url: str, db: Any, seed: i
         for key_id, account, user, created, revoked in key_rows
         if (reason := orphan_reason(created, revoked, members[(account, user)])) is not None
     }
-    await backfill_runs.assess(db, MembershipSource.TABLE)
+    await backfill_assessment.assess(db, MembershipSource.TABLE)
     found = await db.fetch("SELECT id, reason FROM pg_temp.backfill_candidates")
     assert {row["id"]: OrphanReason(row["reason"]) for row in found} == expected
 

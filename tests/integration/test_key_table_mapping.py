@@ -17,7 +17,6 @@ import pytest_asyncio
 from cleanup_worker.adapters.cloudevents import notices
 from cleanup_worker.adapters.postgres import key_table, keys, late_keys, outbox, report
 from cleanup_worker.adapters.postgres.key_table_owner import owner_sql
-from cleanup_worker.adapters.postgres.quoting import quote_ident
 from cleanup_worker.bootstrap import explain
 from cleanup_worker.domain.key_table import KeyTableMapping
 from cleanup_worker.errors import EXIT_CONFIG
@@ -246,16 +245,6 @@ def _fields(env: dict[str, str]) -> dict[str, Any]:
     return fields
 
 
-async def test_identifiers_are_quoted_as_postgresql_quotes_them(db: Any) -> None:
-    """quote_ident agrees with the server's on every keyword and on awkward names."""
-    words = [row["word"] for row in await db.fetch("SELECT word FROM pg_get_keywords()")]
-    names = [*words, "ApiKeys", "keyId", 'we"ird', "1st", "with space", "ünï", "a$b", "_x"]
-    theirs = await db.fetchval(
-        "SELECT array_agg(quote_ident(n)) FROM unnest($1::text[]) AS n", names
-    )
-    assert [quote_ident(name) for name in names] == theirs
-
-
 async def test_the_worker_revokes_and_announces_through_the_mapping(
     mapped: Any, settings: Settings
 ) -> None:
@@ -305,3 +294,16 @@ async def test_report_reads_the_revocations_of_a_mapped_table_from_the_audit(map
     assert period["keys"] == 1
     [slow] = figures["slowest"]
     assert (slow["id"], slow["rule"], slow["account_id"]) == (str(key), "R1", "1001")
+
+
+async def test_a_candidate_left_by_an_earlier_mapping_is_dropped_not_cast(mapped: Any) -> None:
+    """A uuid noted while the keys lived in our api_keys matches no bigint key: R6's review
+    drops it instead of failing on the cast."""
+    await mapped.execute(
+        "INSERT INTO late_key_candidates (key_id, account_id, iam_id, created_at) "
+        "VALUES ('7d0c5f3e-3a0b-4c3e-9f4e-2b1d8f6a9c10', '1001', 'alice', $1)",
+        at(0),
+    )
+    async with mapped.transaction():
+        assert await late_keys.review_candidates(mapped) == []
+    assert await mapped.fetchval("SELECT count(*) FROM late_key_candidates") == 0

@@ -165,3 +165,11 @@ def test_an_event_id_that_the_column_cannot_hold_matches_no_key(
 ) -> None:
     """Ids are checked before they are cast, so a text account never fails a bigint cast."""
     assert value_fits(column_type, value) is fits
+
+
+def test_stored_ids_are_cast_only_when_they_have_the_types_form() -> None:
+    """Text from our tables becomes a bigint only when it looks like one; else null."""
+    assert MAPPED.typed_stored("c.key_id", "keyId") == (
+        "CASE WHEN c.key_id ~ '^-?[0-9]{1,19}$' THEN CAST(c.key_id AS bigint) END"
+    )
+    assert MAPPED.typed_stored("c.x", "userId") == "c.x"

@@ -32,7 +32,7 @@ class DisplayReporter:
         self._total = self._examined = self._revoked = 0
 
     def assessing(self) -> None:
-        self._display.update("assessing", 0, None, label="assessing api_keys", phase="assessing")
+        self._display.update("assessing", 0, None, label="assessing the keys", phase="assessing")
 
     def revoking(self, assessment: Assessment, to_examine: int) -> None:
         self._display.update("assessing", 1, 1, label="assessed", phase="assessing")

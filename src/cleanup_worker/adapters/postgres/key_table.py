@@ -35,6 +35,13 @@ AUDIT_TABLE = "key_revocations"
 
 _TIMESTAMPTZ = "timestamp with time zone"
 _TEXT_TYPES = frozenset({"text"})
+# How PostgreSQL prints a value of each type as text (`k.id::text`): what our tables hold.
+_STORED_FORMS = {
+    "smallint": "^-?[0-9]{1,5}$",
+    "integer": "^-?[0-9]{1,10}$",
+    "bigint": "^-?[0-9]{1,19}$",
+    "uuid": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,15 @@ class KeyTable:
         """`expr`, a text value, in `column`'s own type: the column side stays bare."""
         kind = self.type_of(column)
         return expr if kind in _TEXT_TYPES else f"CAST({expr} AS {kind})"
+
+    def typed_stored(self, expr: str, column: str) -> str:
+        """`expr`, an id as our tables store it (text), in `column`'s type; null where the text
+        is not of that type's form (a row left by an earlier mapping), never a cast error."""
+        kind = self.type_of(column)
+        pattern = _STORED_FORMS.get(kind.split("(", 1)[0])
+        if pattern is None:
+            return self.typed(expr, column)
+        return f"CASE WHEN {expr} ~ {quote_literal(pattern)} THEN CAST({expr} AS {kind}) END"
 
     def typed_array(self, param: str, column: str) -> str:
         """A bound text[] parameter as an array of `column`'s type (for `= ANY(...)`)."""

@@ -1,5 +1,5 @@
-"""SQL that revokes API keys. Every revocation in the product goes through this module: R1,
-its re-check, R5 and R6.
+"""SQL that revokes API keys. Every revocation in the product goes through this module: R1
+and R5 here, the R1 re-check and R6 from sweep_revocations.py (re-exported here).
 
 With notices on (CLEANUP_REVOCATIONS_TOPIC), each revoking statement also writes one
 `revocation_outbox` row per key it revoked, from its own RETURNING: the same statement, so
@@ -13,11 +13,7 @@ another shape) from its parts (key_statements.py), once per table and variant.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from functools import cache
-
-import asyncpg
 
 from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.connections import Connection
@@ -30,6 +26,14 @@ from cleanup_worker.adapters.postgres.key_statements import (
     revoking,
 )
 from cleanup_worker.adapters.postgres.key_table import KeyTable
+from cleanup_worker.adapters.postgres.sweep_revocations import (
+    RevokedKey,
+    late_keys_statement,
+    r6_statement,
+    recheck_recent_keys,
+    recheck_statement,
+    revoke_late_keys,
+)
 from cleanup_worker.domain.events import MembershipEvent
 
 __all__ = [
@@ -203,151 +207,3 @@ async def revoke_orphans(
         REASON_ORPHANED,
     )
     return revoked
-
-
-@dataclass(frozen=True, slots=True)
-class RevokedKey:
-    """A key the late-key sweep revoked: enough to log it, never its hash."""
-
-    key_id: str
-    account_id: str
-    iam_id: str
-    revoked_by: str
-
-
-def _revoked_keys(rows: Sequence[asyncpg.Record]) -> list[RevokedKey]:
-    return [RevokedKey(r["id"], r["account_id"], r["iam_id"], r["revoked_by"]) for r in rows]
-
-
-def _swept_columns(table: KeyTable, revoked_by: str) -> str:
-    texts = key_texts(table)
-    return (
-        f"{texts['id_text']} AS id, {texts['account_text']} AS account_id, "
-        f"{texts['user_text']} AS iam_id, {revoked_by} AS revoked_by"
-    )
-
-
-# The R1 re-check (domain.late_keys.recheck_removal) of the live keys created since `$1`: the
-# earliest removal in the ledger with T >= created_at names the revocation, and its time is
-# the notice's event time, as for R1.
-_RECHECK = """
-WITH covered AS (
-    SELECT {id} AS id, r.ref, r.event_time
-    FROM {keys} AS k
-    CROSS JOIN LATERAL (
-        SELECT 'event:' || e.source || '#' || e.event_id AS ref, e.event_time
-        FROM membership_events AS e
-        WHERE e.account_id = {account_text} AND e.iam_id = {user_text}
-          AND e.change = 'removed' AND e.event_time >= {created_tz}
-        ORDER BY e.event_time, e.event_id, e.source
-        LIMIT 1
-    ) AS r
-    WHERE {live} AND {created} >= {since}
-), revoked AS (
-    UPDATE {keys} AS k
-    SET {revoke}
-    FROM covered
-    WHERE {id} = covered.id AND {live}
-    RETURNING {returning}
-){announce}{audit}
-SELECT id, account_id, iam_id, revoked_by FROM revoked
-"""
-
-
-@cache
-def recheck_statement(table: KeyTable, *, announce: bool) -> str:
-    """The R1 re-check of the live keys of `table` created at or after $1."""
-    return revoking(
-        table,
-        fill(_RECHECK, **key_texts(table), since=table.to_created("$1::timestamptz")),
-        announce=announce,
-        plain=_swept_columns(table, "covered.ref"),
-        reason="'member_removed'",
-        revoked_by="covered.ref",
-        event_time="covered.event_time",
-    )
-
-
-async def recheck_recent_keys(
-    conn: Connection, since: datetime, *, announce: bool
-) -> list[RevokedKey]:
-    """R1 re-check of the live keys created at or after `since`. `announce`: also write
-    their notices to the outbox."""
-    statement = recheck_statement(key_table.current(), announce=announce)
-    return _revoked_keys(await conn.fetch(statement, since))
-
-
-# R6 (domain.late_keys.late_key_removal) for the candidates of `late_key_candidates`: the key
-# is live, the member is removed, its latest removal is in the ledger (the row's changed_at
-# is that removal's time) and the key was created after it.
-_LATE_KEYS = """
-SELECT c.key_id, {created_tz} AS created_at, r.ref
-FROM late_key_candidates AS c
-JOIN {keys} AS k ON {id} = {candidate_id} AND {live}
-JOIN account_memberships AS m
-  ON m.account_id = {account_text} AND m.iam_id = {user_text} AND m.state = 'removed'
-CROSS JOIN LATERAL (
-    SELECT 'event:' || e.source || '#' || e.event_id AS ref, e.event_time
-    FROM membership_events AS e
-    WHERE e.account_id = {account_text} AND e.iam_id = {user_text} AND e.change = 'removed'
-    ORDER BY e.event_time DESC, e.event_id DESC, e.source DESC
-    LIMIT 1
-) AS r
-WHERE r.event_time = m.changed_at AND {created_tz} > r.event_time
-"""
-
-
-@cache
-def late_keys_statement(table: KeyTable) -> str:
-    """R6's candidates that are still late, each with its created time and removal."""
-    return fill(
-        _LATE_KEYS,
-        **key_texts(table),
-        keys=table.name,
-        id=table.id(),
-        live=table.live("k"),
-        candidate_id=table.typed("c.key_id", table.mapping.id_column),
-    )
-
-
-# No event asked for an R6 revocation when it happens, so, as for the backfill, the notice's
-# event time is the revocation's.
-_REVOKE_LATE = """
-WITH late AS ({late_keys} AND c.key_id = ANY($1::text[])),
-revoked AS (
-    UPDATE {keys} AS k
-    SET {revoke}
-    FROM late
-    WHERE {id} = {late_id} AND {live}
-    RETURNING {returning}
-){announce}{audit}, forgotten AS (
-    DELETE FROM late_key_candidates WHERE key_id IN (SELECT id FROM revoked)
-)
-SELECT id, account_id, iam_id, revoked_by FROM revoked
-"""
-
-
-@cache
-def r6_statement(table: KeyTable, *, announce: bool) -> str:
-    """R6 for the candidates $1 (ids as text) that are still late, in `table`."""
-    late_id = table.typed("late.key_id", table.mapping.id_column)
-    return revoking(
-        table,
-        fill(_REVOKE_LATE, late_keys=late_keys_statement(table), late_id=late_id),
-        announce=announce,
-        plain=_swept_columns(table, "late.ref"),
-        reason="'orphaned'",
-        revoked_by="late.ref",
-        event_time="now()",
-    )
-
-
-async def revoke_late_keys(
-    conn: Connection, key_ids: Sequence[str], *, announce: bool
-) -> list[RevokedKey]:
-    """R6: revokes those of `key_ids` that are still late, checked again as it writes.
-    `announce`: also write their notices to the outbox."""
-    if not key_ids:
-        return []
-    statement = r6_statement(key_table.current(), announce=announce)
-    return _revoked_keys(await conn.fetch(statement, list(key_ids)))

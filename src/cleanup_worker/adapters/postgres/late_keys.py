@@ -15,7 +15,7 @@ from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.key_statements import fill, key_texts
 from cleanup_worker.adapters.postgres.key_table import KeyTable
-from cleanup_worker.adapters.postgres.keys import late_keys_statement
+from cleanup_worker.adapters.postgres.sweep_revocations import late_keys_statement
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,12 +134,12 @@ def _key_statements(table: KeyTable) -> tuple[str, str]:
     if table.audited_apart:
         # From our record of the period's revocations (its index on revoked_at), to the keys.
         source = f"{AUDIT_TABLE} AS a JOIN {source} ON {table.id()} = "
-        source += table.typed("a.key_id", m.id_column)
+        source += table.typed_stored("a.key_id", m.id_column)
     collect = fill(_COLLECT, **parts, source=source)
     slowest = fill(
         _SLOWEST,
         **parts,
-        t_id=table.typed("t.id", m.id_column),
+        t_id=table.typed_stored("t.id", m.id_column),
         audit_join=table.audit_join(),
     )
     return collect, slowest

@@ -6,7 +6,7 @@ candidates), and each batch's short transaction. The steps:
 
 1. lock; load `--memberships FILE.csv` if given (validated while it streams, before any write);
 2. open a run record (new, or the interrupted run that `--resume` continues);
-3. assess: one read-only pass finds the orphaned keys in scope (`backfill_runs.assess`);
+3. assess: one read-only pass finds the orphaned keys in scope (`backfill_assessment.assess`);
 4. dry run: report and stop. Otherwise the safety valves decide whether to go on;
 5. revoke in keyset batches of candidate ids, each one transaction that re-checks R5 and
    records the checkpoint, so a kill at any moment loses nothing that `--resume` cannot
@@ -31,7 +31,7 @@ from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import replace
 
 from cleanup_worker.adapters import membership_file
-from cleanup_worker.adapters.postgres import backfill_runs, keys
+from cleanup_worker.adapters.postgres import backfill_assessment, backfill_runs, keys
 from cleanup_worker.adapters.postgres.backfill_runs import RunRecord
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.key_statements import MembershipSource
@@ -158,7 +158,7 @@ class Backfill:
         )
         self.reporter.assessing()
         assessed = time.monotonic()
-        found = await backfill_runs.assess(
+        found = await backfill_assessment.assess(
             conn,
             source,
             accounts=summary.options.accounts or None,
@@ -213,7 +213,7 @@ class Backfill:
         self.reporter.revoking(found, found.candidates)
         began = time.monotonic()
         while not self._stop.is_set():
-            batch = await backfill_runs.next_candidates(conn, after, size)
+            batch = await backfill_assessment.next_candidates(conn, after, size)
             if not batch:
                 return True
             revoked = await self._batch(conn, summary, batch, revoked_by, source)
@@ -229,7 +229,7 @@ class Backfill:
             self.reporter.advanced(len(batch), count)
             if options.max_rate:
                 await self._pace(began + summary.examined / options.max_rate)
-        return not await backfill_runs.next_candidates(conn, after, 1)
+        return not await backfill_assessment.next_candidates(conn, after, 1)
 
     async def _batch(
         self,

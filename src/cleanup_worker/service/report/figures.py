@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from cleanup_worker.adapters.postgres import backfill_runs
+from cleanup_worker.adapters.postgres import backfill_assessment
 from cleanup_worker.adapters.postgres import report as sql
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.key_statements import MembershipSource
@@ -123,7 +123,7 @@ def _slow(row: dict[str, Any]) -> dict[str, Any]:
 
 async def invariant(conn: Connection) -> dict[str, Any]:
     """Live keys of removed members now: the backfill's read-only assessment (R5)."""
-    found = await backfill_runs.assess(conn, MembershipSource.TABLE, top=0)
+    found = await backfill_assessment.assess(conn, MembershipSource.TABLE, top=0)
     await conn.execute("DROP TABLE IF EXISTS pg_temp.backfill_candidates")
     return {
         "assessed_at": datetime.now(UTC).isoformat(),

@@ -14,7 +14,7 @@ import asyncio
 import time
 from contextlib import suppress
 
-from cleanup_worker.adapters.postgres import backfill_runs
+from cleanup_worker.adapters.postgres import backfill_assessment
 from cleanup_worker.adapters.postgres.connections import Connection, Pool
 from cleanup_worker.adapters.postgres.key_statements import MembershipSource
 from cleanup_worker.adapters.postgres.locks import INVARIANT_LOCK_KEY
@@ -67,7 +67,7 @@ class InvariantWatch:
     async def _watch(self, conn: Connection) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
-            found = await backfill_runs.assess(conn, MembershipSource.TABLE, top=0)
+            found = await backfill_assessment.assess(conn, MembershipSource.TABLE, top=0)
             await conn.execute("DROP TABLE IF EXISTS pg_temp.backfill_candidates")
             took = time.monotonic() - started
             live = found.by_reason.get(OrphanReason.MEMBERSHIP_REMOVED, 0)
