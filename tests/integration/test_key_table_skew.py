@@ -6,8 +6,8 @@ R1 covers a key of (a, u) when its created column, as the key service wrote it, 
 before the time T of the member's removal: the rule reads the column, and nothing else
 tells the worker when a key was made. So a key written 1 s after the removal by a clock 2 s
 behind is covered (it must be revoked, by the re-check, though it appeared after R1's
-statement ran); one written 1 s before the removal by a clock 2 s ahead is not (it must stay
-live; R6 is off here, or it would revoke it as a late key).
+statement ran); one written 1 s before the removal by a clock 2 s ahead is not: it stays live
+with R6 off, and with R6 on it is a late key of a removed member, revoked as orphaned.
 """
 
 from __future__ import annotations
@@ -63,26 +63,21 @@ def sweeps() -> float:
     return sample("cleanup_late_key_sweep_duration_seconds_count")
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize(
-    ("key_shape", "skew_s"),
-    [("billing", -2.0), ("billing", 2.0), ("keyring", -2.0)],
-    indirect=["key_shape"],
-)
-async def test_a_skewed_key_service_gets_exactly_the_keys_r1_covers_revoked(
+Written = list[tuple[Any, Member, datetime]]
+
+
+async def skewed_history(
     settings: Settings, db: Any, database_url: str, skew_s: float
-) -> None:
-    """Keys written during removals by a key service whose clock is 2 s off: every key whose
-    created column is at or before its owner's removal is revoked (member_removed, naming
-    the removal), and no other key is."""
+) -> tuple[Written, dict[Member, MembershipEvent], datetime]:
+    """Removes every member, one at a time, while key services with a clock `skew_s` off
+    write keys; the keys written, the removals, and when the writers stopped."""
     seed = random.SystemRandom().randrange(2**32)
     print(f"seed={seed}")
     rng = random.Random(seed)
-    settings = settings.model_copy(update={"late_keys": "off"})
     skew = timedelta(seconds=skew_s)
     stop = asyncio.Event()
     removals: dict[Member, MembershipEvent] = {}
-    async with publisher(settings) as pub, running_worker(settings):
+    async with publisher(settings) as pub:
         writers = [
             asyncio.create_task(key_service(database_url, skew, random.Random(rng.random()), stop))
             for _ in range(WRITERS)
@@ -103,26 +98,73 @@ async def test_a_skewed_key_service_gets_exactly_the_keys_r1_covers_revoked(
         await until_database_clock(db, last + timedelta(seconds=2 * abs(skew_s) + 1))
         stop.set()
         written = [key for keys in await asyncio.gather(*writers) for key in keys]
-        done = await db.fetchval("SELECT clock_timestamp()")
+    # The skew decides some keys: written after their removal by the database's clock yet
+    # covered (behind), or written before it and not covered (ahead).
+    decided_by_skew = [
+        key
+        for key, owner, created in written
+        if (created - skew > removals[owner].time) == (created <= removals[owner].time)
+    ]
+    assert decided_by_skew, "no key was written within the skew of its removal"
+    return written, removals, await db.fetchval("SELECT clock_timestamp()")
+
+
+async def until_swept_past(db: Any, settings: Settings, done: datetime) -> None:
+    """Waits until the sweep has looked at every key written before `done` for the last time
+    (its margin and the skew tolerance past it, and two sweeps more)."""
+    await until_database_clock(db, done + timedelta(seconds=settings.keys_clock_skew_s + 3))
+    await until_grown(sweeps, 2, timeout=30)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("key_shape", "skew_s"), [("billing", -2.0), ("billing", 2.0)], indirect=["key_shape"]
+)
+async def test_a_skewed_key_service_gets_exactly_the_keys_r1_covers_revoked(
+    settings: Settings, db: Any, database_url: str, skew_s: float
+) -> None:
+    """Keys written during removals by a key service whose clock is 2 s off, R6 off: every
+    key whose created column is at or before its owner's removal is revoked (member_removed,
+    naming the removal), and no other key is."""
+    settings = settings.model_copy(update={"late_keys": "off"})
+    async with running_worker(settings):
+        written, removals, done = await skewed_history(settings, db, database_url, skew_s)
         covered = {key for key, owner, created in written if created <= removals[owner].time}
-        # The skew decides some keys: written after their removal by the database's clock
-        # yet covered (behind), or written before it and not covered (ahead).
-        decided_by_skew = {
-            key
-            for key, owner, created in written
-            if (created - skew > removals[owner].time) == (key in covered)
-        }
-        assert decided_by_skew, "no key was written within the skew of its removal"
 
         async def covered_revoked() -> bool:
             return covered <= set(await revoked_keys(db))
 
         await eventually(covered_revoked, timeout=10)
-        # Past the sweep's last look at any key written (its margin and the skew tolerance).
-        tolerance = timedelta(seconds=settings.keys_clock_skew_s + 3)
-        await until_database_clock(db, done + tolerance)
-        await until_grown(sweeps, 2, timeout=30)
-    revoked = await revoked_keys(db)
-    assert set(revoked) == covered
+        await until_swept_past(db, settings, done)
     owners = {key: owner for key, owner, _ in written}
-    assert revoked == {key: ("member_removed", removals[owners[key]].ref) for key in covered}
+    assert await revoked_keys(db) == {
+        key: ("member_removed", removals[owners[key]].ref) for key in covered
+    }
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("key_shape", "skew_s"), [("keyring", -2.0), ("keyring", 2.0)], indirect=["key_shape"]
+)
+async def test_with_r6_no_key_of_a_skewed_key_service_outlives_its_removed_owner(
+    settings: Settings, db: Any, database_url: str, skew_s: float
+) -> None:
+    """The same with R6 on (settle 1 s), every member staying removed: each key is revoked,
+    member_removed when its created column is at or before the removal (R1, its re-check),
+    orphaned when after (R6), both naming the removal."""
+    settings = settings.model_copy(update={"late_key_settle_s": 1.0})
+    async with running_worker(settings):
+        written, removals, done = await skewed_history(settings, db, database_url, skew_s)
+
+        async def all_revoked() -> bool:
+            return len(await revoked_keys(db)) == len(written)
+
+        await eventually(all_revoked, timeout=20)
+        await until_swept_past(db, settings, done)
+    assert await revoked_keys(db) == {
+        key: (
+            "member_removed" if created <= removals[owner].time else "orphaned",
+            removals[owner].ref,
+        )
+        for key, owner, created in written
+    }
