@@ -9,37 +9,39 @@ from typing import Any
 
 from cleanup_worker.domain.events import Member, MembershipEvent
 from cleanup_worker.domain.rules import Membership, State
+from testkit import key_rows
 from testkit.events import T0
 from testkit.waiting import eventually
 
 
 async def seed_key(
     db: Any, account_id: str, iam_id: str, created_at: datetime, *, name: str = ""
-) -> uuid.UUID:
-    key_id = uuid.uuid4()
-    await db.execute(
-        "INSERT INTO api_keys (id, account_id, iam_id, name, key_hash, created_at) "
-        "VALUES ($1, $2, $3, $4, 'sha256:test', $5)",
-        key_id,
-        account_id,
-        iam_id,
-        name,
-        created_at,
-    )
-    return key_id
+) -> Any:
+    """A key of the member in the active key table (testkit/key_tables.py); its id, in the
+    table's own type (a uuid in our `api_keys`)."""
+    if name:  # only our own table has a name column
+        key_id = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO api_keys (id, account_id, iam_id, name, key_hash, created_at) "
+            "VALUES ($1, $2, $3, $4, 'sha256:test', $5)",
+            key_id,
+            account_id,
+            iam_id,
+            name,
+            created_at,
+        )
+        return key_id
+    return await key_rows.insert_key(db, account_id, iam_id, created_at)
 
 
-async def revoked_keys(db: Any) -> dict[uuid.UUID, tuple[str, str]]:
-    rows = await db.fetch(
-        "SELECT id, revocation_reason, revoked_by FROM api_keys WHERE revoked_at IS NOT NULL"
-    )
-    return {row["id"]: (row["revocation_reason"], row["revoked_by"]) for row in rows}
+async def revoked_keys(db: Any) -> dict[Any, tuple[str, str]]:
+    """Each revoked key of the active key table: (reason, revoked_by)."""
+    return await key_rows.revocations(db)
 
 
 async def key_table(db: Any) -> list[tuple[Any, ...]]:
     """Every column of every key, in id order: to show that something changed none."""
-    rows = await db.fetch("SELECT * FROM api_keys ORDER BY id")
-    return [tuple(row.values()) for row in rows]
+    return await key_rows.all_columns(db)
 
 
 async def ledger_size(db: Any) -> int:
@@ -62,10 +64,12 @@ async def assert_no_offset_ahead_of_ledger(db: Any, committed: dict[int, int]) -
 
 async def database_state(db: Any) -> tuple[list[tuple[Any, ...]], dict[Member, Membership]]:
     """Keys (id, revoked?, reason) and membership rows: what the rules decide."""
-    keys = await db.fetch(
-        "SELECT id, revoked_at IS NOT NULL AS revoked, revocation_reason FROM api_keys ORDER BY id"
-    )
-    return [tuple(r) for r in keys], await membership_rows(db)
+    states, revoked = await key_rows.key_states(db), await key_rows.revocations(db)
+    keys = [
+        (key_id, state == "revoked", revoked[key_id][0] if key_id in revoked else None)
+        for key_id, state in sorted(states.items())
+    ]
+    return keys, await membership_rows(db)
 
 
 async def membership_rows(db: Any) -> dict[Member, Membership]:
@@ -96,11 +100,7 @@ async def rewrite_revocations(db: Any, statement: str, *args: Any) -> None:
 
 async def seed_keys_for(db: Any, events: Sequence[MembershipEvent]) -> None:
     """One key, created long before them, for the member of each event."""
-    await db.executemany(
-        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
-        "VALUES (gen_random_uuid(), $1, $2, 'h', $3)",
-        [(e.account_id, e.iam_id, T0) for e in events],
-    )
+    await key_rows.insert_keys(db, [(e.account_id, e.iam_id, T0) for e in events])
 
 
 async def lock_waiters(db: Any, table: str) -> set[int]:

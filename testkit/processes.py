@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from pydantic import SecretStr
 
 from cleanup_worker.bootstrap import backfill_job, run_process
+from cleanup_worker.bootstrap.key_table import install_key_table
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.service.backfill.summary import Summary
 from cleanup_worker.service.run.process import RunProcess
 from cleanup_worker.settings import Settings
+from testkit import key_tables
 from testkit.waiting import eventually
 
 
@@ -38,15 +41,23 @@ async def running_worker(settings: Settings) -> AsyncIterator[RunProcess]:
 
 
 def backfill_settings(database_url: str) -> Settings:
-    """Settings for a backfill in this process on `database_url` (it needs no broker)."""
-    return Settings(database_url=SecretStr(database_url), log_format="json", retry_max_wait_s=0.5)
+    """Settings for a backfill in this process on `database_url` (it needs no broker), on the
+    active key table (testkit/key_tables.py)."""
+    plain = Settings(database_url=SecretStr(database_url), log_format="json", retry_max_wait_s=0.5)
+    return key_tables.active().configure(plain)
 
 
 async def run_backfill(database_url: str, **request: Any) -> Summary:
     """A backfill in this process that executes, with no --max-fraction brake unless the
     request sets one (small data sets are mostly orphaned)."""
     options = {"execute": True, "max_fraction": 1.0, **request}
-    return await backfill_job(backfill_settings(database_url), BackfillRequest(**options)).run()
+    settings = backfill_settings(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:  # as the program does first: the key table checked and installed for the process
+        await install_key_table(conn, settings)
+    finally:
+        await conn.close()
+    return await backfill_job(settings, BackfillRequest(**options)).run()
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -74,8 +85,21 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     for name in ("cdc_account_column", "cdc_user_column", "cdc_state_column", "cdc_time_column"):
         if getattr(settings, name) is not None:
             env[f"CLEANUP_{name.upper()}"] = str(getattr(settings, name))
+    env.update(key_table_env(settings))
     env.update(security_env(settings))
     env.update(extra)
+    return env
+
+
+def key_table_env(settings: Settings) -> dict[str, str]:
+    """The `CLEANUP_KEYS_*` settings that differ from our own table's (an absent optional
+    column as an empty value)."""
+    env = {}
+    for name, spec in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if name.startswith("keys_") and value != spec.get_default(call_default_factory=True):
+            text = ",".join(value) if isinstance(value, list) else str(value or "")
+            env[f"CLEANUP_{name.upper()}"] = text
     return env
 
 

@@ -16,9 +16,12 @@ import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cleanup_worker.adapters.kafka import errors as kafka_errors
+from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.migrator import migrate
 from cleanup_worker.retries import install_retry_hooks
 from cleanup_worker.settings import Settings
+from testkit import key_rows
+from testkit.key_tables import NATIVE, SHAPES, KeyTableShape, activate
 from testkit.services import HOW_TO, Services, discover, with_database
 
 # One template per test session, so that sessions running side by side never drop each
@@ -95,9 +98,29 @@ async def fresh_database(services: Services) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def database_url(services: Services) -> AsyncIterator[str]:
-    """A fresh, migrated database of its own for one test."""
+def key_shape(request: pytest.FixtureRequest) -> Iterator[KeyTableShape]:
+    """The key table the test runs over: our own `api_keys` unless the test is parametrized
+    with `over_key_tables` (testkit/key_tables.py)."""
+    shape = SHAPES[getattr(request, "param", NATIVE.name)]
+    activate(shape)
+    yield shape
+    activate(NATIVE)
+    # An in-process worker installed the mapped table for the process: later tests that
+    # build the adapters themselves expect our own.
+    key_table.use(key_table.DEFAULT)
+
+
+@pytest.fixture
+async def database_url(services: Services, key_shape: KeyTableShape) -> AsyncIterator[str]:
+    """A fresh, migrated database of its own for one test, holding the test's key table
+    (created by its owner and readied with the SQL `migrate` prints, when mapped)."""
     async with fresh_database(services) as url:
+        if not key_shape.native:
+            conn = await asyncpg.connect(url)
+            try:
+                await key_rows.install(conn, key_shape, url)
+            finally:
+                await conn.close()
         yield url
 
 
@@ -152,9 +175,12 @@ def worker_settings(database_url: str, services: Services, topics: tuple[str, st
 
 
 @pytest.fixture
-def settings(database_url: str, services: Services, topics: tuple[str, str]) -> Settings:
-    """Settings for a worker on this test's database and topics, in its own consumer group."""
-    return worker_settings(database_url, services, topics)
+def settings(
+    database_url: str, services: Services, topics: tuple[str, str], key_shape: KeyTableShape
+) -> Settings:
+    """Settings for a worker on this test's database and topics, in its own consumer group,
+    on the test's key table."""
+    return key_shape.configure(worker_settings(database_url, services, topics))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

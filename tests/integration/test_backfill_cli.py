@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from testkit.database import key_table, rewrite_revocations
+from testkit.database import key_table
+from testkit.events import at
+from testkit.key_rows import insert_keys, key_states, revocations, unrevoke_all
+from testkit.key_tables import active, member, over_key_tables
 from testkit.waiting import eventually
 
 KEYS_PER_USER = 5
@@ -32,7 +35,12 @@ class Finished:
 
 
 async def start(database_url: str, *args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "CLEANUP_DATABASE_URL": database_url, "CLEANUP_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "CLEANUP_DATABASE_URL": database_url,
+        "CLEANUP_LOG_FORMAT": "json",
+        **active().env(),
+    }
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cleanup_worker", "backfill", *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -52,20 +60,13 @@ async def backfill(database_url: str, *args: str) -> Finished:
 async def seed(db: Any, users: int = 250) -> None:
     """`users` users of one account with KEYS_PER_USER keys each; 4 in 25 have no membership
     row, so 16 % of the keys are orphaned: under the default --max-fraction of 0.2."""
-    await db.execute(
+    await db.executemany(
         "INSERT INTO account_memberships (account_id, iam_id, state, changed_at) "
-        "SELECT 'acct', 'u' || i, 'active', now() FROM generate_series(0, $1 - 1) AS i "
-        "WHERE i % 25 >= 4",
-        users,
+        "VALUES ($1, $2, 'active', now())",
+        [member("acct", f"u{i}") for i in range(users) if i % 25 >= 4],
     )
-    await db.execute(
-        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
-        "SELECT gen_random_uuid(), 'acct', 'u' || (i / $2::int), 'sha256:x', "
-        "       timestamptz '2026-01-01' + i * interval '1 minute' "
-        "FROM generate_series(0, $1::int * $2::int - 1) AS i",
-        users,
-        KEYS_PER_USER,
-    )
+    keys = range(users * KEYS_PER_USER)
+    await insert_keys(db, [(*member("acct", f"u{i // KEYS_PER_USER}"), at(i)) for i in keys])
 
 
 async def run_record(db: Any) -> Any:
@@ -173,22 +174,14 @@ async def test_sigterm_finishes_the_batch_and_exits_0(database_url: str, db: Any
 
 
 async def final_state(db: Any, run_id: Any) -> list[tuple[Any, ...]]:
-    """Every column of every key, revoked_at as a flag and the run id made neutral."""
-    rows = await db.fetch(
-        "SELECT id, account_id, iam_id, name, key_hash, created_at, revoked_at IS NOT NULL, "
-        "revocation_reason, replace(revoked_by, $1, 'backfill:RUN') FROM api_keys ORDER BY id",
-        f"backfill:{run_id}",
-    )
-    return [tuple(row.values()) for row in rows]
-
-
-async def restore(db: Any) -> None:
-    await rewrite_revocations(
-        db,
-        "UPDATE api_keys AS k SET revoked_at = s.revoked_at, "
-        "revocation_reason = s.revocation_reason, revoked_by = s.revoked_by "
-        "FROM seeded AS s WHERE s.id = k.id",
-    )
+    """Every key: its state, reason and revoked_by (the run id made neutral)."""
+    states, revoked = await key_states(db), await revocations(db)
+    run = f"backfill:{run_id}"
+    return [
+        (key_id, state, reason, by and by.replace(run, "backfill:RUN"))
+        for key_id, state in sorted(states.items())
+        for reason, by in [revoked.get(key_id, (None, None))]
+    ]
 
 
 async def sigkill_at(db: Any, process: asyncio.subprocess.Process, batch: int) -> None:
@@ -198,16 +191,18 @@ async def sigkill_at(db: Any, process: asyncio.subprocess.Process, batch: int) -
 
 
 @pytest.mark.timeout(180)
+@over_key_tables
 async def test_sigkill_then_resume_equals_an_uninterrupted_run(database_url: str, db: Any) -> None:
     """SIGKILL at a random batch, then --resume: the same keys, reasons and run id as one go."""
     await seed(db, users=500)  # 400 orphaned keys: 40 batches of 10
-    await db.execute("CREATE TABLE seeded AS SELECT * FROM api_keys")
+    before = await key_table(db)
     args = ("--execute", "--batch-size", "10")
 
     whole = await backfill(database_url, *args, "--json")
     assert whole.code == 0, whole.stderr
     uninterrupted = await final_state(db, whole.summary()["run_id"])
-    await restore(db)
+    await unrevoke_all(db)  # every key was live before the run
+    assert await key_table(db) == before
     await db.execute("DELETE FROM backfill_runs")  # the next run must not see this one
 
     batch = random.randrange(1, 38)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from cleanup_worker.settings import Settings
 from testkit.database import ledger_size, revoked_keys, seed_key
 from testkit.events import at, event
 from testkit.kafka import publisher
+from testkit.key_tables import account, member, over_key_tables
 from testkit.processes import running_worker
 from testkit.waiting import eventually
 
@@ -24,25 +24,27 @@ KEYS = 3  # per user, created at minutes 0, 1, 2
 
 async def group(
     db: Any, name: str, state: str | None, since_minute: int | None = None
-) -> dict[str, list[uuid.UUID]]:
+) -> dict[str, list[Any]]:
     """USERS users named `name-i` with KEYS keys each, and a membership row unless None."""
-    users: dict[str, list[uuid.UUID]] = {}
+    users: dict[str, list[Any]] = {}
     for i in range(USERS):
-        user = f"{name}-{i}"
+        account, user = member("acct", f"{name}-{i}")
         if state is not None:
             await db.execute(
                 "INSERT INTO account_memberships (account_id, iam_id, state, member_since, "
-                "changed_at) VALUES ('acct', $1, $2, $3, $4)",
+                "changed_at) VALUES ($1, $2, $3, $4, $5)",
+                account,
                 user,
                 state,
                 None if since_minute is None else at(since_minute),
                 at(0),
             )
-        users[user] = [await seed_key(db, "acct", user, at(minute)) for minute in range(KEYS)]
+        users[user] = [await seed_key(db, account, user, at(minute)) for minute in range(KEYS)]
     return users
 
 
 @pytest.mark.timeout(180)
+@over_key_tables
 async def test_backfill_alongside_the_worker_ends_in_the_right_state(
     settings: Settings, db: Any
 ) -> None:
@@ -56,7 +58,8 @@ async def test_backfill_alongside_the_worker_ends_in_the_right_state(
     contested = await group(db, "gone", "removed")  # orphaned, and a removal event arrives
     survivors = {**await group(db, "staying", "active"), **await group(db, "since", "active", 0)}
     removals: dict[str, MembershipEvent] = {
-        user: event("removed", "acct", user, at(5)) for user in {**removed_by_event, **contested}
+        user: event("removed", account("acct"), user, at(5))
+        for user in {**removed_by_event, **contested}
     }
 
     request = BackfillRequest(execute=True, batch_size=4, max_rate=150, max_fraction=1.0)

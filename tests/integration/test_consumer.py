@@ -12,6 +12,8 @@ from cleanup_worker.settings import Settings
 from testkit.database import ledger_size, membership_rows, revoked_keys, seed_key
 from testkit.events import at, event
 from testkit.kafka import publisher
+from testkit.key_rows import insert_key, key_states
+from testkit.key_tables import KeyTableShape, member
 from testkit.metrics import sample
 from testkit.processes import running_worker
 from testkit.waiting import eventually
@@ -90,7 +92,7 @@ def without_r6(settings: Settings) -> Settings:
 
 def _random_history(seed: int) -> tuple[list[MembershipEvent], list[tuple[str, str, Any]]]:
     rng = random.Random(seed)
-    members = [(f"a{a}", f"u{u}") for a in range(3) for u in range(4)]
+    members = [member(f"a{a}", f"u{u}") for a in range(3) for u in range(4)]
     events = [
         event(rng.choice(["added", "removed"]), account, iam, at(rng.randrange(0, 60, 5)))
         for _ in range(80)
@@ -100,18 +102,27 @@ def _random_history(seed: int) -> tuple[list[MembershipEvent], list[tuple[str, s
     return events, keys
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("seed", "key_shape"),
+    [(1, "native"), (2, "native"), (3, "native"), (4, "billing"), (5, "keyring")],
+    indirect=["key_shape"],
+)
 async def test_any_order_over_partitions_matches_the_oracle(
-    settings: Settings, db: Any, seed: int
+    settings: Settings, db: Any, seed: int, key_shape: KeyTableShape
 ) -> None:
     """Events of the same members spread over partitions, shuffled and duplicated, end in the
-    oracle's revoked set and membership rows."""
+    oracle's revoked set and membership rows; keys in a state neither live nor revoked
+    (expired) are left alone."""
     settings = without_r6(settings)
     events, key_specs = _random_history(seed)
     facts = []
     for account, iam, created in key_specs:
         key_id = await seed_key(db, account, iam, created)
         facts.append(KeyFact(str(key_id), account, iam, created, revoked=False))
+    expired = set()
+    if key_shape.other_state:
+        for account, iam, created in key_specs[::4]:
+            expired.add(await insert_key(db, account, iam, created, state=key_shape.other_state))
     rng = random.Random(seed)
     deliveries = events + rng.sample(events, 20)
     rng.shuffle(deliveries)
@@ -123,6 +134,9 @@ async def test_any_order_over_partitions_matches_the_oracle(
     revoked = {str(key_id) for key_id in await revoked_keys(db)}
     assert revoked == expected_revoked
     assert await membership_rows(db) == expected_rows
+    states = await key_states(db)
+    assert {key_id for key_id, state in states.items() if state == key_shape.other_state} == expired
+    assert "half-revoked" not in states.values()
 
 
 async def test_two_workers_in_one_group_end_right(settings: Settings, db: Any) -> None:

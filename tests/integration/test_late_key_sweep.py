@@ -4,7 +4,6 @@ rules of domain/late_keys.py, the grants it needs, and R6's guard on real offset
 from __future__ import annotations
 
 import random
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from cleanup_worker.adapters.kafka import clients as kafka
 from cleanup_worker.adapters.kafka.group_progress import GroupProgress
 from cleanup_worker.adapters.postgres import memberships
+from cleanup_worker.bootstrap.key_table import install_key_table_from
 from cleanup_worker.domain.late_keys import late_key_removal, recheck_removal
 from cleanup_worker.domain.rules import derive_membership
 from cleanup_worker.service.run.late_keys import LateKeySweeper, Swept
@@ -23,16 +23,17 @@ from cleanup_worker.settings import Settings
 from testkit.database import revoked_keys, seed_key
 from testkit.events import at
 from testkit.kafka import publisher
+from testkit.key_tables import member
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _seed_random_state(db: Any, seed: int) -> list[tuple[uuid.UUID, str, str, datetime]]:
+async def _seed_random_state(db: Any, seed: int) -> list[tuple[Any, str, str, datetime]]:
     """A random ledger, membership rows derived from it (some with a baseline) and keys."""
     rng = random.Random(seed)
-    members = [("acct", f"u{i}") for i in range(5)]
+    members = [member("acct", f"u{i}") for i in range(5)]
     for i in range(25):
         account, iam = rng.choice(members)
         change = rng.choice(["added", "removed"])
@@ -73,7 +74,7 @@ async def _seed_random_state(db: Any, seed: int) -> list[tuple[uuid.UUID, str, s
     return keys
 
 
-async def _expected(db: Any, keys: list[tuple[uuid.UUID, str, str, datetime]]) -> dict[Any, Any]:
+async def _expected(db: Any, keys: list[tuple[Any, str, str, datetime]]) -> dict[Any, Any]:
     expected = {}
     for key_id, account, iam, created in keys:
         baselines, histories = await memberships.load_histories(db, [(account, iam)])
@@ -88,12 +89,17 @@ async def _expected(db: Any, keys: list[tuple[uuid.UUID, str, str, datetime]]) -
     return expected
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize(
+    ("seed", "key_shape"),
+    [(1, "native"), (2, "native"), (3, "billing"), (4, "keyring")],
+    indirect=["key_shape"],
+)
 async def test_sweep_sql_decides_as_the_pure_rules(
     settings: Settings, db: Any, database_url: str, seed: int
 ) -> None:
-    """On a random ledger and keys, one sweep (settle 0, the group idle) revokes exactly
-    what domain.late_keys says, with the same reason and revoked_by."""
+    """On a random ledger and keys, in our table or a mapped one, one sweep (settle 0, the
+    group idle) revokes exactly what domain.late_keys says, with the same reason and
+    revoked_by."""
     print(f"seed={seed}")
     keys = await _seed_random_state(db, seed)
     await db.execute("UPDATE late_key_sweep SET window_start = $1, horizon = $1", at(-60))
@@ -111,6 +117,7 @@ async def _sweep_once(
     pool = await asyncpg.create_pool(
         database_url, min_size=1, max_size=2, server_settings=server_settings
     )
+    await install_key_table_from(pool, settings)  # as the program does at start
     consumer = kafka.standalone_consumer(settings)
     admin = AIOKafkaAdminClient(**kafka.client_options(settings))
     await consumer.start()

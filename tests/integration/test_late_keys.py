@@ -22,6 +22,8 @@ from cleanup_worker.settings import Settings
 from testkit.database import ledger_size, revoked_keys
 from testkit.events import event
 from testkit.kafka import create_topic, publisher, read_topic
+from testkit.key_rows import created_of, insert_key
+from testkit.key_tables import member, over_key_tables
 from testkit.metrics import sample
 from testkit.processes import running_worker
 from testkit.waiting import eventually, until_database_clock, until_grown
@@ -38,16 +40,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-async def create_key(conn: Any, account_id: str, iam_id: str) -> uuid.UUID:
-    """Inserts a key the way a key service does: created_at is the transaction's start."""
-    key_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO api_keys (id, account_id, iam_id, key_hash) VALUES ($1, $2, $3, 'h')",
-        key_id,
-        account_id,
-        iam_id,
-    )
-    return key_id
+async def create_key(conn: Any, account_id: str, iam_id: str) -> Any:
+    """Inserts a key the way a key service does: its created column is the transaction's
+    start (the column's default), in the test's key table, for the member of these names."""
+    return await insert_key(conn, *member(account_id, iam_id), None)
 
 
 async def wait_for_ledger(db: Any, count: int) -> None:
@@ -57,7 +53,7 @@ async def wait_for_ledger(db: Any, count: int) -> None:
     await eventually(done)
 
 
-async def wait_revoked(db: Any, key_id: uuid.UUID, timeout: float) -> None:
+async def wait_revoked(db: Any, key_id: Any, timeout: float) -> None:
     async def revoked() -> bool:
         return key_id in await revoked_keys(db)
 
@@ -113,6 +109,7 @@ async def open_transaction(database_url: str) -> AsyncIterator[Any]:
         await conn.close()
 
 
+@over_key_tables
 async def test_key_committed_after_its_removal_is_revoked_within_two_seconds(
     settings: Settings, db: Any, database_url: str
 ) -> None:
@@ -126,10 +123,10 @@ async def test_key_committed_after_its_removal_is_revoked_within_two_seconds(
         open_transaction(database_url) as (key_service, creating),
     ):
         key = await create_key(key_service, "acct", "alice")
-        removal = event("removed", "acct", "alice", now())
+        removal = event("removed", *member("acct", "alice"), now())
         await pub.events([removal])
         await wait_for_ledger(db, 1)
-        created = await key_service.fetchval("SELECT created_at FROM api_keys WHERE id = $1", key)
+        created = await created_of(key_service, key)
         await until_database_clock(db, created + CLOCK_MARGIN + timedelta(seconds=1))
         await until_swept(times=2)
         await creating.commit()
@@ -138,6 +135,7 @@ async def test_key_committed_after_its_removal_is_revoked_within_two_seconds(
     assert counted(RULE_RECHECK) - before == 1
 
 
+@over_key_tables
 async def test_key_created_after_removal_is_revoked_after_settle(
     settings: Settings, db: Any
 ) -> None:
@@ -146,7 +144,7 @@ async def test_key_created_after_removal_is_revoked_after_settle(
     settings = late_settings(settings)
     before = counted(RULE_LATE_KEY)
     async with publisher(settings) as pub, running_worker(settings):
-        removal = event("removed", "acct", "alice", now())
+        removal = event("removed", *member("acct", "alice"), now())
         await pub.events([removal])
         await wait_for_ledger(db, 1)
         await until_swept(times=2)
@@ -164,7 +162,7 @@ async def test_removal_that_arrives_after_a_later_key_makes_it_late(
     settings = late_settings(settings)
     async with publisher(settings) as pub, running_worker(settings):
         key = await create_key(db, "acct", "alice")
-        created = await db.fetchval("SELECT created_at FROM api_keys WHERE id = $1", key)
+        created = await created_of(db, key)
         await until_window_past(db, created)
         removal = event("removed", "acct", "alice", created - timedelta(seconds=1))
         await pub.events([removal])
@@ -254,7 +252,7 @@ async def test_keys_that_appear_while_the_worker_is_down_are_handled_when_it_ret
             await wait_for_ledger(db, 1)
         await creating.commit()
     late = await create_key(db, "acct", "alice")
-    late_created = await db.fetchval("SELECT created_at FROM api_keys WHERE id = $1", late)
+    late_created = await created_of(db, late)
     await until_database_clock(db, late_created + timedelta(seconds=SETTLE_S))
     assert await revoked_keys(db) == {}
     async with running_worker(settings):

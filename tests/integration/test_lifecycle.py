@@ -23,6 +23,8 @@ from testkit.database import (
 )
 from testkit.events import at, event, removals
 from testkit.kafka import committed_offsets, end_offsets, publish, publisher
+from testkit.key_rows import live_count
+from testkit.key_tables import member, over_key_tables
 from testkit.metrics import scrape
 from testkit.outages import restart_dev_service
 from testkit.processes import http_get, running_worker, spawn_worker
@@ -37,9 +39,7 @@ async def _applied_some(db: Any) -> bool:
 
 
 async def _all_revoked(db: Any, count: int) -> bool:
-    return int(
-        await db.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
-    ) == 0 and (await ledger_size(db) == count)
+    return await live_count(db) == 0 and (await ledger_size(db) == count)
 
 
 @pytest.mark.timeout(180)
@@ -64,9 +64,10 @@ async def test_sigterm_mid_stream_drains_and_exits_zero(settings: Settings, db: 
 
 
 @pytest.mark.timeout(180)
+@over_key_tables
 async def test_sigkill_mid_stream_then_restart_ends_right(settings: Settings, db: Any) -> None:
     """A worker SIGKILLed mid-stream and restarted ends with every event applied once."""
-    events = removals(STREAM)
+    events = [event("removed", *member("acct", f"user-{i}"), at(10)) for i in range(STREAM)]
     await seed_keys_for(db, events)
     await publish(settings, events)
     first = await spawn_worker(settings, CLEANUP_BATCH_MAX_RECORDS="100")

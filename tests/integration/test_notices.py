@@ -19,6 +19,8 @@ from cleanup_worker.settings import Settings
 from testkit.database import revoked_keys, seed_key
 from testkit.events import at, event
 from testkit.kafka import create_topic, publisher, read_topic
+from testkit.key_rows import owners
+from testkit.key_tables import member, over_key_tables
 from testkit.outages import start_dev_services, stop_dev_service
 from testkit.processes import cli, running_worker, spawn_worker
 from testkit.services import Services
@@ -62,12 +64,12 @@ async def seed_story(db: Any) -> None:
     removal is a late key: R6 revokes it too, on a timing of its own; its notices are
     tested with the late keys.)"""
     for user in USERS:
-        await seed_key(db, "acct", user, at(0))
-        await seed_key(db, "acct", user, at(1))
+        await seed_key(db, *member("acct", user), at(0))
+        await seed_key(db, *member("acct", user), at(1))
 
 
 def removals() -> list[Any]:
-    return [event("removed", "acct", user, at(10)) for user in USERS]
+    return [event("removed", *member("acct", user), at(10)) for user in USERS]
 
 
 async def announced_all(db: Any, settings: Settings) -> bool:
@@ -76,49 +78,52 @@ async def announced_all(db: Any, settings: Settings) -> bool:
     return bool(revoked) and await outbox_size(db) == 0 and ids == {f"revoked:{k}" for k in revoked}
 
 
+@over_key_tables
 async def test_every_revoked_key_is_announced_as_the_contract_says(
     announcing: Settings, db: Any
 ) -> None:
-    """R1 revocations: one notice id per revoked key, each the §4b CloudEvent of its row."""
+    """R1 revocations: one notice id per revoked key, each the CloudEvent of its row
+    (docs/revocations.md), its key_id the key's id as text."""
     settings = announcing
     await seed_story(db)
     async with running_worker(settings), publisher(settings) as pub:
         await pub.events(removals())
         await eventually(lambda: announced_all(db, settings))
-    revoked = await db.fetch(
-        "SELECT id, account_id, iam_id, revoked_at, revoked_by FROM api_keys "
-        "WHERE revoked_at IS NOT NULL"
-    )
+    revoked, owner = await revoked_keys(db), await owners(db)
     assert len(revoked) == 2 * len(USERS)
     assert settings.revocations_topic is not None
     records = await read_topic(settings, settings.revocations_topic)
     by_id = {json.loads(r.value)["id"]: r for r in records}
-    for row in revoked:
-        record = by_id[f"revoked:{row['id']}"]
+    for key_id, (reason, revoked_by) in revoked.items():
+        record = by_id[f"revoked:{key_id}"]
         body = json.loads(record.value)
-        assert record.key == f"{row['account_id']}/{row['iam_id']}".encode()
+        account, user = owner[key_id]
+        assert record.key == f"{account}/{user}".encode()
+        assert (body["data"]["account_id"], body["data"]["iam_id"]) == (account, user)
         assert dict(record.headers)["content-type"] == b"application/cloudevents+json"
         assert (body["type"], body["source"], body["subject"]) == (
             "api_key.revoked",
             "/cleanup-worker",
-            str(row["id"]),
+            str(key_id),
         )
-        assert body["data"]["reason"] == "member_removed"
-        assert body["data"]["revoked_by"] == row["revoked_by"]
-        assert body["data"]["key_id"] == str(row["id"])
+        assert body["data"]["reason"] == reason == "member_removed"
+        assert body["data"]["revoked_by"] == revoked_by
+        assert body["data"]["key_id"] == str(key_id)
         assert "sha256" not in record.value.decode()
 
 
+@over_key_tables
 async def test_backfill_revocations_are_announced(announcing: Settings, db: Any) -> None:
     """R5: the backfill writes the notices of its revocations; the running worker sends them."""
     settings = announcing
     await db.execute(
         "INSERT INTO account_memberships (account_id, iam_id, state, member_since, changed_at) "
-        "VALUES ('acct', 'stays', 'active', NULL, $1)",
+        "VALUES ($1, $2, 'active', NULL, $3)",
+        *member("acct", "stays"),
         at(0),
     )
-    await seed_key(db, "acct", "stays", at(0))
-    orphans = [await seed_key(db, "acct", f"gone{i}", at(0)) for i in range(5)]
+    await seed_key(db, *member("acct", "stays"), at(0))
+    orphans = [await seed_key(db, *member("acct", f"gone{i}"), at(0)) for i in range(5)]
     code, _, err = await cli(settings, "backfill", "--execute", "--max-fraction", "1", "--json")
     assert code == 0, err
     assert await outbox_size(db) == len(orphans)
@@ -142,6 +147,7 @@ async def test_rolled_back_revocation_announces_nothing(
     assert await outbox_size(db) == 0
 
 
+@over_key_tables
 async def test_sigkill_before_publishing_loses_no_notice(
     notices_settings: Settings, db: Any
 ) -> None:

@@ -15,11 +15,12 @@ from testkit.database import (
     database_state,
     ledger_size,
     revoked_keys,
-    rewrite_revocations,
     seed_key,
 )
 from testkit.events import at, event, structured
 from testkit.kafka import committed_offsets, end_offsets, publisher
+from testkit.key_rows import unrevoke_all
+from testkit.key_tables import member, over_key_tables
 from testkit.processes import cli, running_worker
 from testkit.waiting import eventually
 
@@ -38,9 +39,9 @@ async def story(settings: Settings, db: Any) -> list[MembershipEvent]:
     events = []
     for i in range(6):
         for _ in range(2):
-            await seed_key(db, "acct", f"u{i}", at(0))
+            await seed_key(db, *member("acct", f"u{i}"), at(0))
         change = "removed" if i < 3 else "added"
-        events.append(event(change, "acct", f"u{i}", at(10 if i < 3 else -10)))
+        events.append(event(change, *member("acct", f"u{i}"), at(10 if i < 3 else -10)))
     async with publisher(settings) as pub:
         for i, e in enumerate(events):
             await pub.events([e], partition=i % 3)
@@ -60,9 +61,7 @@ async def apply_with_worker(settings: Settings, db: Any, count: int) -> None:
 
 async def lose_writes(db: Any) -> None:
     """What a restored backup does: revocations and rows gone."""
-    await rewrite_revocations(
-        db, "UPDATE api_keys SET revoked_at = NULL, revocation_reason = NULL, revoked_by = NULL"
-    )
+    await unrevoke_all(db)
     await db.execute("DELETE FROM account_memberships")
 
 
@@ -86,6 +85,7 @@ async def test_dry_run_changes_nothing(settings: Settings, db: Any) -> None:
     assert await end_offsets(settings, settings.dlq_topic) == {0: 0}
 
 
+@over_key_tables
 async def test_execute_with_reprocess_restores_lost_revocations(
     settings: Settings, db: Any
 ) -> None:

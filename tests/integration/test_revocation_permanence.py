@@ -27,7 +27,7 @@ REVOKED_BY = "event:/accounts#earlier"
 
 async def revoked_key(db: Any, account_id: str = "acct", iam_id: str = "alice") -> uuid.UUID:
     """A key that another service's UPDATE revoked, as R1 would have."""
-    key = await seed_key(db, account_id, iam_id, at(0))
+    key: uuid.UUID = await seed_key(db, account_id, iam_id, at(0))
     await db.execute(
         "UPDATE api_keys SET revoked_at = now(), revocation_reason = 'member_removed', "
         "revoked_by = $2 WHERE id = $1",
