@@ -12,7 +12,12 @@ from typing import Any
 import asyncpg
 
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
-from cleanup_worker.adapters.postgres.connections import SESSION_LIMITS, connect, create_pool
+from cleanup_worker.adapters.postgres.connections import (
+    BATCH_PLANNER,
+    SESSION_LIMITS,
+    connect,
+    create_pool,
+)
 from cleanup_worker.adapters.postgres.sqlstate import is_transient, is_unreachable
 from cleanup_worker.settings import Settings
 from testkit.database import ledger_size, revoked_keys, seed_key
@@ -124,6 +129,26 @@ async def test_sessions_carry_limits_for_clients_that_vanish(settings: Settings)
                 assert shown == value, name
     finally:
         await pool.close()
+
+
+async def test_batch_pools_keep_batch_statements_on_indexes_for_every_transaction(
+    settings: Settings,
+) -> None:
+    """A batch pool's sessions turn hash and merge joins off for good (not per transaction),
+    and a session keeps them from one use to the next (no reset on release)."""
+    pool = await create_pool(settings, max_size=1, batches=True)
+    try:
+        for _ in range(2):
+            async with pool.acquire() as conn, conn.transaction():
+                for name, value in BATCH_PLANNER.items():
+                    assert await conn.fetchval(f"SHOW {name}") == value, name
+    finally:
+        await pool.close()
+    plain = await create_pool(settings, max_size=1)
+    try:
+        assert await plain.fetchval("SHOW enable_hashjoin") == "on"
+    finally:
+        await plain.close()
 
 
 async def test_a_session_ended_for_idling_in_a_transaction_is_retried(
