@@ -24,7 +24,7 @@ async def write_outbox(db: Any, rows: int) -> set[uuid.UUID]:
     await db.executemany(
         "INSERT INTO revocation_outbox (key_id, account_id, iam_id, reason, revoked_at, "
         "revoked_by, event_time) VALUES ($1, 'acct', 'u1', 'member_removed', $2, 'test', $2)",
-        [(key, at(0)) for key in keys],
+        [(str(key), at(0)) for key in keys],
     )
     return keys
 
