@@ -138,6 +138,8 @@ async def set_based(url: str) -> tuple[int, float]:
 
 
 NOTICES: dict[str, str] = {}  # --notices: CLEANUP_REVOCATIONS_TOPIC for the backfill
+# More arguments for `cleanup-worker backfill` (--lanes).
+EXTRA_ARGS: list[str] = []
 
 
 async def run_backfill(url: str, batch_size: int | None) -> tuple[dict[str, Any], float, int]:
@@ -150,6 +152,7 @@ async def run_backfill(url: str, batch_size: int | None) -> tuple[dict[str, Any]
     args = ["--execute", "--json", "--max-fraction", "0.2"]
     if batch_size:
         args += ["--batch-size", str(batch_size)]
+    args += EXTRA_ARGS
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cleanup_worker", "backfill", *args,
@@ -301,6 +304,9 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument(
+        "--lanes", type=int, default=None, help="the backfill's --lanes (default: its own)"
+    )
+    parser.add_argument(
         "--notices",
         action="store_true",
         help="with CLEANUP_REVOCATIONS_TOPIC set: the backfill also writes the outbox",
@@ -308,4 +314,6 @@ if __name__ == "__main__":
     parsed = parser.parse_args()
     if parsed.notices:
         NOTICES["CLEANUP_REVOCATIONS_TOPIC"] = "bench-revocations"
+    if parsed.lanes:
+        EXTRA_ARGS += ["--lanes", str(parsed.lanes)]
     asyncio.run(main(parsed))

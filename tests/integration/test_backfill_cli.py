@@ -259,3 +259,31 @@ async def test_metrics_port_serves_progress_while_running(database_url: str, db:
     ]
     assert scanned
     assert float(scanned[0].split()[-1]) > 0
+
+
+@pytest.mark.timeout(180)
+async def test_lanes_commit_checkpoints_in_order_through_a_sigkill(
+    database_url: str, db: Any
+) -> None:
+    """With batches written side by side (--lanes 3), a SIGKILL leaves every revoked key at or
+    below the checkpoint, and --resume then revokes exactly the rest."""
+    await seed(db, users=5000)  # 4 000 orphaned keys: 400 batches of 10
+    batch = random.randrange(5, 200)
+    killed = await start(database_url, "--execute", "--batch-size", "10", "--lanes", "3")
+    await sigkill_at(db, killed, batch)
+    run = await run_record(db)
+    assert run["status"] == "running", f"killed at batch {batch}: {run['status']}"
+    by = f"backfill:{run['run_id']}"
+    revoked = await db.fetchval("SELECT count(*) FROM api_keys WHERE revoked_by = $1", by)
+    assert revoked == run["revoked_no_membership"], f"killed at batch {batch}"
+    assert await db.fetchval(
+        "SELECT coalesce(bool_and(id <= $1::uuid), true) FROM api_keys WHERE revoked_by = $2",
+        run["checkpoint_key_id"],
+        by,
+    ), f"killed at batch {batch}"
+
+    resumed = await backfill(database_url, "--resume", "--execute", "--lanes", "3", "--json")
+    assert resumed.code == 0, resumed.stderr
+    record = await run_record(db)
+    assert (record["status"], record["revoked_no_membership"]) == ("completed", 4000)
+    assert await db.fetchval("SELECT count(*) FROM api_keys WHERE revoked_by = $1", by) == 4000

@@ -85,6 +85,18 @@ def backfill(
             help="Examine at most this many candidate keys per second. (default: no limit)",
         ),
     ] = None,
+    lanes: Annotated[
+        int | None,
+        typer.Option(
+            "--lanes",
+            min=1,
+            max=8,
+            metavar="N",
+            help="Write N batches side by side, each on a connection of its own. More than 1 "
+            "is faster but takes the database's cores from the live worker: for a maintenance "
+            "window, not beside live traffic. (default: 1)",
+        ),
+    ] = None,
     memberships: Annotated[
         Path | None,
         typer.Option(
@@ -123,6 +135,7 @@ def backfill(
         max_revocations=max_revocations,
         max_fraction=max_fraction,
         max_rate=max_rate,
+        lanes=lanes,
         memberships=memberships,
         accounts=tuple(dict.fromkeys(accounts or ())),
     )

@@ -1,8 +1,9 @@
 """`cleanup-worker backfill`: finds the keys R5 orphans and, with `--execute`, revokes them.
 
 One dedicated connection, opened as bootstrap/ says, carries the whole run: it holds the
-session advisory lock (one backfill at a time), the TEMP tables (the memberships file, the
-candidates), and each batch's short transaction. The steps:
+session advisory lock (one backfill at a time) and the TEMP tables (the memberships file, the
+candidates); the batches' short transactions run on two more, side by side, checkpoints in
+order (walk.py). The steps:
 
 1. lock; load `--memberships FILE.csv` if given (validated while it streams, before any write);
 2. open a run record (new, or the interrupted run that `--resume` continues);
@@ -25,18 +26,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import replace
 
 from cleanup_worker.adapters import membership_file
-from cleanup_worker.adapters.postgres import backfill_assessment, backfill_runs, keys
+from cleanup_worker.adapters.postgres import backfill_assessment, backfill_runs
 from cleanup_worker.adapters.postgres.backfill_runs import RunRecord
 from cleanup_worker.adapters.postgres.connections import Connection
 from cleanup_worker.adapters.postgres.key_statements import MembershipSource
-from cleanup_worker.adapters.postgres.sqlstate import is_lost_race, is_unreachable
-from cleanup_worker.domain.rules import Assessment, OrphanReason
+from cleanup_worker.adapters.postgres.sqlstate import is_unreachable
 from cleanup_worker.errors import AlreadyRunning
 from cleanup_worker.logging import get_logger
 from cleanup_worker.observability import metrics
@@ -54,6 +53,7 @@ from cleanup_worker.service.backfill.summary import (
     Summary,
     assessment_fields,
 )
+from cleanup_worker.service.backfill.walk import RevocationWalk
 
 log = get_logger(__name__)
 
@@ -193,84 +193,18 @@ class Backfill:
                 summary,
             )
         after = prior.checkpoint_key_id if prior else None
-        done = await self._revoke(conn, summary, source, found, after)
+        walk = RevocationWalk(
+            self._connect,
+            summary,
+            source,
+            self.reporter,
+            self._stop,
+            statement_timeout_ms=self._statement_timeout_ms,
+            retry_max_wait_s=self._retry_max_wait_s,
+            announce=self._announce,
+        )
+        done = await walk.run(conn, found, after)
         await self._finish(conn, summary, "completed" if done else "stopped", started)
-
-    async def _revoke(
-        self,
-        conn: Connection,
-        summary: Summary,
-        source: MembershipSource,
-        found: Assessment,
-        after: str | None,
-    ) -> bool:
-        """Walks the candidates in batches; True when all are done, False when stopped."""
-        options = summary.options
-        size = options.batch_size
-        if options.max_rate:
-            size = max(1, min(size, int(options.max_rate)))  # about a batch a second at most
-        revoked_by = f"backfill:{summary.run_id}"
-        self.reporter.revoking(found, found.candidates)
-        began = time.monotonic()
-        while not self._stop.is_set():
-            batch = await backfill_assessment.next_candidates(conn, after, size)
-            if not batch:
-                return True
-            revoked = await self._batch(conn, summary, batch, revoked_by, source)
-            after = next(reversed(batch))
-            count = sum(revoked.values())
-            summary.examined += len(batch)
-            summary.revoked_now += count
-            summary.batches += 1
-            for reason, n in revoked.items():
-                summary.revoked[reason] = summary.revoked.get(reason, 0) + n
-            metrics.BACKFILL_REVOKED.inc(count)
-            metrics.KEYS_REVOKED.labels(keys.REASON_ORPHANED).inc(count)
-            self.reporter.advanced(len(batch), count)
-            if options.max_rate:
-                await self._pace(began + summary.examined / options.max_rate)
-        return not await backfill_assessment.next_candidates(conn, after, 1)
-
-    async def _batch(
-        self,
-        conn: Connection,
-        summary: Summary,
-        batch: dict[str, OrphanReason],
-        revoked_by: str,
-        source: MembershipSource,
-    ) -> Counter[OrphanReason]:
-        """Revokes what is still orphaned of `batch` and records the checkpoint, atomically.
-
-        The counts by R5 case use the case the assessment found for each key.
-        """
-        last = next(reversed(batch))
-        # Deadlocks with the worker, and lock timeouts (see backfill_runs.configure_session),
-        # are retried: the batch rolled back and released its own locks.
-        async for attempt in retrying(
-            "database.backfill_batch",
-            on=is_lost_race,
-            attempts=10,
-            wait_max=self._retry_max_wait_s,
-        ):
-            with attempt:
-                began = time.perf_counter()
-                async with conn.transaction():
-                    revoked_ids = await keys.revoke_orphans(
-                        conn, list(batch), revoked_by, source, announce=self._announce
-                    )
-                    revoked = Counter(batch[key] for key in revoked_ids)
-                    await backfill_runs.record_batch(
-                        conn, summary.run_id, last, len(batch), revoked
-                    )
-                took = time.perf_counter() - began
-        summary.longest_transaction_s = max(summary.longest_transaction_s, took)
-        return revoked
-
-    async def _pace(self, due: float) -> None:
-        delay = due - time.monotonic()
-        if delay > 0:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _finish(
         self,

@@ -27,6 +27,7 @@ class BackfillRequest:
     max_revocations: int | None = None
     max_fraction: float | None = None
     max_rate: float | None = None
+    lanes: int | None = None
     memberships: Path | None = None
     accounts: tuple[str, ...] = ()
 
@@ -41,6 +42,9 @@ class RunOptions:
     max_revocations: int | None = None
     max_fraction: float = DEFAULT_MAX_FRACTION
     max_rate: float | None = None
+    # Batches written side by side (walk.py); 1 leaves the database's other cores to the
+    # live worker, whose revocations a backfill must not hold up.
+    lanes: int = 1
     resumes: UUID | None = None  # a dry run of `--resume`: the run it looks at
 
     def as_json(self) -> dict[str, Any]:
@@ -54,6 +58,7 @@ class RunOptions:
             "max_revocations": self.max_revocations,
             "max_fraction": self.max_fraction,
             "max_rate": self.max_rate,
+            "lanes": self.lanes,
             "resumes": None if self.resumes is None else str(self.resumes),
         }
 
@@ -69,6 +74,7 @@ class RunOptions:
             max_revocations=data.get("max_revocations"),
             max_fraction=data.get("max_fraction", DEFAULT_MAX_FRACTION),
             max_rate=data.get("max_rate"),
+            lanes=data.get("lanes", 1),
         )
 
 
@@ -82,6 +88,7 @@ def _with_request(options: RunOptions, request: BackfillRequest) -> RunOptions:
         else request.max_revocations,
         max_fraction=options.max_fraction if request.max_fraction is None else request.max_fraction,
         max_rate=options.max_rate if request.max_rate is None else request.max_rate,
+        lanes=options.lanes if request.lanes is None else request.lanes,
     )
 
 
