@@ -1,6 +1,6 @@
 """Revocation notices benchmark ("Targets", docs/design.md), in one run against the real broker and database.
 
-    .venv/bin/python -m bench.notices [--events 100000] [--rate 500] [--seconds 20]
+    .venv/bin/python -m bench.notices [--events 100000] [--rate 500] [--seconds 20] [--steady-only]
 
 1. `cleanup-worker run` on a removal stream (~5 keys per user) without notices, then the same
    stream (a new consumer group, the database reset) with CLEANUP_REVOCATIONS_TOPIC set: the
@@ -129,7 +129,7 @@ async def main(args: argparse.Namespace) -> None:
 
         rates: dict[bool, list[float]] = {False: [], True: []}
         announced: list[float] = []
-        for trial in range(args.trials):
+        for trial in range(0 if args.steady_only else args.trials):
             for notices in (False, True) if trial % 2 == 0 else (True, False):
                 rate, keys_rate = await consume(
                     env_of(f"{trial}{notices}", notices), n, notices=notices
@@ -145,7 +145,7 @@ async def main(args: argparse.Namespace) -> None:
                     )
                 await reset(db)
                 await db.execute("TRUNCATE revocation_outbox")
-        off, on = median(rates[False]), median(rates[True])
+        off, on = (1.0, 1.0) if args.steady_only else (median(rates[False]), median(rates[True]))
         # The steady phase reads a topic of its own from its start.
         await create_topics(bootstrap, f"{topic}.steady")
         steady_env = env_of("steady", True) | {"CLEANUP_KAFKA_TOPICS": f"{topic}.steady"}
@@ -169,8 +169,11 @@ async def main(args: argparse.Namespace) -> None:
          f"p50 {r50 * 1000:.0f} ms, p99 {r99 * 1000:.0f} ms ({lag_within:.1%} <= 50 ms)",
          lag_within >= 0.99),
     ]  # fmt: skip
+    if args.steady_only:
+        rows = rows[1:]  # no throughput runs: nothing to compare
     print_targets(rows)
-    print(f"(keys announced per second at full speed: {median(announced):,.0f})")
+    if announced:
+        print(f"(keys announced per second at full speed: {median(announced):,.0f})")
 
 
 if __name__ == "__main__":
@@ -181,4 +184,9 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument(
+        "--steady-only",
+        action="store_true",
+        help="only the steady phase, on a fresh database (no full-speed runs before it)",
+    )
     asyncio.run(main(parser.parse_args()))
