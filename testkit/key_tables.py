@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from cleanup_worker.domain.key_table import KeyTableMapping
 from cleanup_worker.settings import Settings
 
 OWNER = "key_service"  # the adopter's key service: owns the mapped table, is not the worker
@@ -244,3 +245,20 @@ def account(name: str) -> str:
 
 def print_command() -> list[str]:
     return [sys.executable, "-m", "cleanup_worker", "migrate", "--print-key-table-sql"]
+
+
+# A key service's table with a state-only marker and no reason or revoked-by column, in another
+# schema with camelCase names: the mapping the unit and integration tests of the mapping share.
+KEYSVC_STATE_ONLY = KeyTableMapping(
+    table="keysvc.ApiKeys",
+    id_column="keyId",
+    account_column="tenantId",
+    user_column="userId",
+    created_column="createdAt",
+    revoked_at_column=None,
+    state_column="status",
+    live_states=("active",),
+    revoked_state="revoked",
+    reason_column=None,
+    revoked_by_column=None,
+)

@@ -14,10 +14,11 @@ from cleanup_worker.adapters.postgres.key_table_owner import owner_sql
 from cleanup_worker.errors import EXIT_FAILED, EXIT_REFUSED
 from cleanup_worker.settings import Settings
 from testkit.events import at
+from testkit.key_tables import KEYSVC_STATE_ONLY as MAPPING
 from testkit.operator import operator_login
 from testkit.processes import cli
 from tests.integration.test_doctor import doctor, failures
-from tests.integration.test_key_table_mapping import CREATE, ENV, MAPPING, add_key, mapped
+from tests.integration.test_key_table_mapping import CREATE, ENV, add_key, mapped
 
 PRINTED = "--print-key-table-sql"
 

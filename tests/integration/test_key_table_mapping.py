@@ -18,27 +18,14 @@ from cleanup_worker.adapters.cloudevents import notices
 from cleanup_worker.adapters.postgres import key_table, keys, late_keys, outbox, report
 from cleanup_worker.adapters.postgres.key_table_owner import owner_sql
 from cleanup_worker.bootstrap import explain
-from cleanup_worker.domain.key_table import KeyTableMapping
 from cleanup_worker.errors import EXIT_CONFIG
 from cleanup_worker.settings import Settings
 from testkit.events import at, event
 from testkit.kafka import create_topic, publisher, read_topic
+from testkit.key_tables import KEYSVC_STATE_ONLY as MAPPING
 from testkit.processes import cli, spawn_worker
 from testkit.waiting import eventually
 
-MAPPING = KeyTableMapping(
-    table="keysvc.ApiKeys",
-    id_column="keyId",
-    account_column="tenantId",
-    user_column="userId",
-    created_column="createdAt",
-    revoked_at_column=None,
-    state_column="status",
-    live_states=("active",),
-    revoked_state="revoked",
-    reason_column=None,
-    revoked_by_column=None,
-)
 ENV = {
     "CLEANUP_KEYS_TABLE": "keysvc.ApiKeys",
     "CLEANUP_KEYS_ID_COLUMN": "keyId",

@@ -9,22 +9,10 @@ import pytest
 from cleanup_worker.domain.key_table import KeyTableMapping, catalog_problems, settings_problem
 from cleanup_worker.errors import ConfigurationError
 from cleanup_worker.settings import load_settings
+from testkit.key_tables import KEYSVC_STATE_ONLY as STATE_ONLY
 
 DB = "postgresql://u:pw@127.0.0.1:5432/db"
 
-STATE_ONLY = KeyTableMapping(
-    table="keysvc.ApiKeys",
-    id_column="keyId",
-    account_column="tenantId",
-    user_column="userId",
-    created_column="createdAt",
-    revoked_at_column=None,
-    state_column="status",
-    live_states=("active",),
-    revoked_state="revoked",
-    reason_column=None,
-    revoked_by_column=None,
-)
 
 OUR_TYPES = {
     "id": "uuid",
