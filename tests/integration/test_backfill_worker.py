@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 
 from cleanup_worker.bootstrap import backfill_job
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.service.backfill.options import BackfillRequest
 from cleanup_worker.settings import Settings
-from testkit.database import ledger_size, revoked_keys, seed_key
+from testkit.database import ledger_size, lock_waiters, revoked_keys, seed_key
 from testkit.events import at, event
 from testkit.kafka import publisher
 from testkit.key_tables import account, member, over_key_tables
@@ -86,3 +89,47 @@ async def test_backfill_alongside_the_worker_ends_in_the_right_state(
         assert all(revoked[key] in (by_backfill, by_event) for key in keys)
     assert not {key for keys in survivors.values() for key in keys} & set(revoked)
     assert summary.keys_revoked == sum(1 for who in revoked.values() if who == by_backfill)
+
+
+@pytest.mark.timeout(60)
+async def test_a_batch_gives_way_to_a_row_lock_before_a_deadlock_can_form(
+    settings: Settings, db: Any
+) -> None:
+    """A batch that meets a key another transaction holds (as the worker's R1 does) rolls
+    back within its short lock timeout, so that transaction gets the batch's keys at once,
+    not after PostgreSQL's deadlock check (1 s); the batch then revokes them all."""
+    # Ids in insertion order, so that any plan locks the held key last of the batch.
+    ids = [uuid.UUID(int=i) for i in range(1, 21)]
+    for i, key_id in enumerate(ids):
+        await db.execute(
+            "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
+            "VALUES ($1, 'acct', $2, 'sha256:test', $3)",
+            key_id,
+            f"lone-{i}",  # no membership row: orphaned
+            at(0),
+        )
+    await group(db, "keeper", "active")  # members that keep their keys, as in any account
+    held, others = ids[-1], ids[:-1]
+    worker = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        async with worker.transaction():
+            await worker.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", held)
+            request = BackfillRequest(execute=True, batch_size=len(ids), max_fraction=1.0)
+            backfill = asyncio.create_task(backfill_job(settings, request).run())
+
+            async def batch_waits_for_the_held_key() -> bool:
+                return bool(await lock_waiters(db, "api_keys"))
+
+            await eventually(batch_waits_for_the_held_key, timeout=20, interval=0.002)
+            began = time.perf_counter()
+            await worker.execute(
+                "SELECT 1 FROM api_keys WHERE id = ANY($1::uuid[]) FOR UPDATE", others
+            )
+            waited = time.perf_counter() - began
+    finally:
+        await worker.close()
+    summary = await backfill
+    assert waited < 0.5, f"waited {waited:.3f} s for the batch's locks"
+    revoked = await revoked_keys(db)
+    assert all(revoked[key_id][0] == "orphaned" for key_id in ids)
+    assert summary.keys_revoked == len(ids)

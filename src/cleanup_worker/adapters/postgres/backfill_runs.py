@@ -41,9 +41,14 @@ async def lock_holder(conn: Connection) -> int | None:
     return pid
 
 
-# A batch never waits long behind another transaction's row locks: it gives up, rolls back
-# (releasing its own) and is retried.
+# The run's connection waits at most this long for a lock (a migration's, say).
 LOCK_TIMEOUT = "2s"
+# A batch's wait behind another transaction's row locks is much shorter: the live worker
+# revoking the same keys (R1) locks them in its own order, so the two can deadlock, and
+# PostgreSQL would take `deadlock_timeout` (1 s) to see it while both wait. The batch gives
+# up first, rolls back (releasing its own locks, which the worker may be waiting for) and is
+# retried: the backfill yields, the worker's lag does not pay (docs/performance.md).
+BATCH_LOCK_TIMEOUT = "100ms"
 # Session memory for the TEMP tables (candidates, memberships file) before they spill to disk.
 TEMP_BUFFERS = "64MB"
 
@@ -157,6 +162,12 @@ SET checkpoint_key_id = $2,
     updated_at = now()
 WHERE run_id = $1
 """
+
+
+async def yield_to_others(conn: Connection) -> None:
+    """In a batch's transaction, before its first write: wait at most BATCH_LOCK_TIMEOUT for
+    a row lock."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
 
 
 async def record_batch(

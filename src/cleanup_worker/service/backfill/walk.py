@@ -31,6 +31,8 @@ from cleanup_worker.service.backfill.summary import Reporter, Summary
 Connect = Callable[[], AbstractAsyncContextManager[Connection]]
 Batch = asyncio.Task[Counter[OrphanReason]]
 
+BATCH_ATTEMPTS = 50
+
 
 class RevocationWalk:
     """One walk over a run's candidates, from a checkpoint to the end or a stop request."""
@@ -134,17 +136,20 @@ class RevocationWalk:
         The counts by R5 case use the case the assessment found for each key.
         """
         last = next(reversed(batch))
-        # Deadlocks with the worker, and lock timeouts (see backfill_runs.configure_session),
-        # are retried: the batch rolled back and released its own locks.
+        # Lock timeouts (backfill_runs.yield_to_others) and deadlocks are retried: the batch
+        # rolled back and released its own locks. A run racing the worker for the same keys
+        # (keys of members removed again while it runs) gives up often and briefly, so it
+        # has many attempts, each after a short wait.
         async for attempt in retrying(
             "database.backfill_batch",
             on=is_lost_race,
-            attempts=10,
+            attempts=BATCH_ATTEMPTS,
             wait_max=self._retry_max_wait_s,
         ):
             with attempt:
                 began = time.perf_counter()
                 async with conn.transaction():
+                    await backfill_runs.yield_to_others(conn)
                     revoked_ids = await keys.revoke_orphans(
                         conn, list(batch), self._revoked_by, self._source, announce=self._announce
                     )
