@@ -5,9 +5,14 @@
 For each replica count, in a scratch database holding --keys keys (10 % orphaned: the data of
 bench.backfill) and on a 6-partition topic: that many `cleanup-worker run` replicas in one
 group, and removals at a steady --rate (event time = when sent, each for a user with 5
-keys). The revocation lag (event time -> commit: the workers' own histogram, summed over the
-replicas) is taken over --seconds before the backfill, then over the time
-`cleanup-worker backfill --execute` runs beside them.
+keys, an active member until then, as a live removal's member is). The revocation lag
+(event time -> commit: the workers' own histogram, summed over the replicas) is taken over
+--seconds before the backfill, then over the time `cleanup-worker backfill --execute` runs
+beside them.
+
+--overlap gives the stream's users no membership rows: the backfill then revokes their keys
+too, and its batches race the worker's R1 for the same rows (the worst case, where the two
+could deadlock).
 """
 
 from __future__ import annotations
@@ -75,6 +80,19 @@ async def steady(bootstrap: str, topic: str, rate: int, stop: asyncio.Event) -> 
     return sent
 
 
+async def seed_members(db: Any, users: int, prefix: str) -> None:
+    """The stream's users as active members, as a live removal's member is in production:
+    their keys are not the backfill's to revoke until the worker has removed them."""
+    await db.execute(
+        "INSERT INTO account_memberships (account_id, iam_id, state, member_since, changed_at) "
+        "SELECT 'acct-' || (u % 1000), $1 || u, 'active', NULL, timestamptz '2024-01-01' "
+        "FROM generate_series(0, $2 - 1) AS u",
+        prefix,
+        users,
+    )
+    await db.execute("VACUUM ANALYZE account_memberships")
+
+
 async def backfill(url: str) -> dict[str, Any]:
     env = {**os.environ, "CLEANUP_DATABASE_URL": url, "CLEANUP_LOG_FORMAT": "json"}
     process = await asyncio.create_subprocess_exec(
@@ -100,7 +118,13 @@ async def measure(args: argparse.Namespace, replicas: int) -> list[tuple[str, st
     async with scratch_database(env["CLEANUP_DATABASE_URL"], "bench_backfill_lag") as url:
         await seed_backfill_data(url, args.keys)
         db = await asyncpg.connect(url)
-        await seed_keys(db, args.rate * (args.seconds + 60), prefix="lag")
+        users = args.rate * (args.seconds + 60)
+        await seed_keys(db, users, prefix="lag")
+        if not args.overlap:
+            await seed_members(db, users, prefix="lag")
+        # The seed's dirty pages are written now, not by a checkpoint in the middle of the
+        # measurement (as bench.backfill does before each of its trials).
+        await db.execute("CHECKPOINT")
         await db.close()
         workers = [
             Worker(worker_env(bootstrap, url, topic, f"group-{topic}"), os.devnull)
@@ -166,4 +190,10 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--replicas", type=int, action="append", default=[])
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="the stream's users have no membership rows, so the backfill revokes their keys "
+        "too, racing the worker for the same rows (the worst case)",
+    )
     asyncio.run(main(parser.parse_args()))
