@@ -99,6 +99,7 @@ class Settings(BaseSettings):
 
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=100, ge=0, le=60_000)
+    batch_gather_ms: int = Field(default=5, ge=0, le=1_000)
     batches_in_flight: int = Field(default=3, ge=1, le=16)
     shutdown_grace_s: float = Field(default=25.0, gt=0)
     rebalance_drain_s: float = Field(default=10.0, gt=0)

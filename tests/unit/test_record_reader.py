@@ -57,6 +57,15 @@ def test_the_copied_loop_and_the_seam_are_unchanged() -> None:
     assert "PartitionRecords(" in building
 
 
+def test_the_fetcher_still_reads_its_wait_and_minimum_for_each_request() -> None:
+    """What `pace` (clients.py) sets: the two attributes every fetch request is built from."""
+    init = inspect.getsource(fetcher.Fetcher.__init__)
+    assert "self._fetch_min_bytes = fetch_min_bytes" in init
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in init
+    building = inspect.getsource(fetcher.Fetcher._get_actions_per_node)
+    assert "self._fetch_max_wait_ms,\n                self._fetch_min_bytes," in building
+
+
 def test_the_c_reader_is_in_use_and_raises_on_a_header_name_that_is_not_utf8() -> None:
     """What we guard against: the C extension's UnicodeDecodeError (the pure-Python reader
     wraps the same failure in CorruptRecordException, also caught)."""

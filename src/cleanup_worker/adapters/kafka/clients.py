@@ -59,6 +59,8 @@ class GroupConsumer(_Client, Protocol):
 
     def consumed_position(self, partition: TopicPartition) -> int | None: ...
 
+    def pace(self, records_per_s: float) -> None: ...
+
     async def committed_offsets(
         self, partitions: Sequence[TopicPartition]
     ) -> dict[TopicPartition, int]: ...
@@ -241,7 +243,40 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+# While records flow, a fetch asks the broker for at least this many bytes: it answers as soon
+# as they are there (a backlog: full fetches at once) or after the gather wait (a trickle).
+GATHER_MIN_BYTES = 64 * 1024
+
+
 class _PositionedConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+    def __init__(self, *args: Any, gather_ms: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gather_ms = gather_ms
+        self._gathering = False
+
+    def pace(self, records_per_s: float) -> None:
+        """Fetches gather while records arrive at least one per gather wait on average: the
+        broker holds each fetch up to that wait for more, so that a stream makes one batch
+        every few milliseconds instead of one per record (a batch costs this process and the
+        database the same round trips whatever its size), and no record waits behind a fetch
+        long-polling for others. Slower, a fetch long-polls and answers on the first record,
+        so that an idle worker does not poll the broker every few milliseconds.
+
+        Sets what aiokafka's fetcher reads for each fetch request it builds (pinned with
+        aiokafka, see record_reader.py).
+        """
+        on = bool(self._gather_ms) and records_per_s * self._gather_ms >= 1000
+        if on == self._gathering:
+            return
+        fetcher = self._fetcher
+        if not hasattr(self, "_long_poll"):
+            self._long_poll = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+        if on:
+            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = GATHER_MIN_BYTES, self._gather_ms
+        else:
+            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = self._long_poll
+        self._gathering = on
+
     def consumed_position(self, partition: TopicPartition) -> int | None:
         """Where the next fetch of `partition` starts, without I/O: past the last record
         `getmany` returned and past the control markers and aborted batches it skipped
@@ -281,7 +316,7 @@ def group_consumer(settings: Settings, **overrides: Any) -> GroupConsumer:
         "isolation_level": "read_committed",
         **overrides,
     }
-    consumer: GroupConsumer = _PositionedConsumer(**options)
+    consumer: GroupConsumer = _PositionedConsumer(gather_ms=settings.batch_gather_ms, **options)
     return consumer
 
 

@@ -28,6 +28,7 @@ from cleanup_worker.observability.health import Health
 from cleanup_worker.retries import retrying
 from cleanup_worker.service.apply.handler import BatchHandler, BatchOutcome, ParsedBatch
 from cleanup_worker.service.run.committer import OffsetCommitter
+from cleanup_worker.service.run.flow import FlowRate
 from cleanup_worker.service.run.positions import CommitPositions
 
 log = get_logger(__name__)
@@ -108,6 +109,7 @@ class ConsumerLoop:
         # Whether the last fetch was a full one (the worker is behind): the notice relay
         # defers to the revocations meanwhile (relay.py).
         self.catching_up = False
+        self._flow = FlowRate()
 
     async def start(self) -> None:
         """Joins the group, retrying while the broker is unreachable or refuses (a missing
@@ -150,6 +152,7 @@ class ConsumerLoop:
                 fetched, parsed = await fetching
                 if self._stopping.is_set():
                     break  # fetched but not applied: not committed, so redelivered
+                self.consumer.pace(self._flow.add(fetched.records))
                 fetching = asyncio.create_task(self._fetch())
                 if fetched.records:
                     self.catching_up = fetched.records >= self._max_records // 2
