@@ -93,11 +93,11 @@ async def seed_members(db: Any, users: int, prefix: str) -> None:
     await db.execute("VACUUM ANALYZE account_memberships")
 
 
-async def backfill(url: str) -> dict[str, Any]:
+async def backfill(url: str, lanes: int) -> dict[str, Any]:
     env = {**os.environ, "CLEANUP_DATABASE_URL": url, "CLEANUP_LOG_FORMAT": "json"}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cleanup_worker", "backfill", "--execute", "--json",
-        "--max-fraction", "0.5",
+        "--max-fraction", "0.5", "--lanes", str(lanes),
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await process.communicate()
@@ -142,7 +142,7 @@ async def measure(args: argparse.Namespace, replicas: int) -> list[tuple[str, st
             await asyncio.sleep(args.seconds)
             before_end = await lag_buckets(ports)
             began = time.perf_counter()
-            summary = await backfill(url)
+            summary = await backfill(url, args.lanes)
             took = time.perf_counter() - began
             stop.set()
             sent = await sending
@@ -190,6 +190,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--replicas", type=int, action="append", default=[])
+    parser.add_argument("--lanes", type=int, default=1, help="the backfill's --lanes")
     parser.add_argument(
         "--overlap",
         action="store_true",
