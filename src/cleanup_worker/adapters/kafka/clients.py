@@ -253,6 +253,7 @@ class _PositionedConsumer(AIOKafkaConsumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._gather_ms = gather_ms
         self._gathering = False
+        self._long_poll: tuple[int, int] | None = None  # the fetcher's own (min bytes, wait)
 
     def pace(self, records_per_s: float) -> None:
         """Fetches gather while records arrive at least one per gather wait on average: the
@@ -269,12 +270,10 @@ class _PositionedConsumer(AIOKafkaConsumer):  # type: ignore[misc]
         if on == self._gathering:
             return
         fetcher = self._fetcher
-        if not hasattr(self, "_long_poll"):
+        if self._long_poll is None:
             self._long_poll = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
-        if on:
-            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = GATHER_MIN_BYTES, self._gather_ms
-        else:
-            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = self._long_poll
+        gathering = (GATHER_MIN_BYTES, self._gather_ms)
+        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = gathering if on else self._long_poll
         self._gathering = on
 
     def consumed_position(self, partition: TopicPartition) -> int | None:
