@@ -100,14 +100,13 @@ async def test_a_batch_gives_way_to_a_row_lock_before_a_deadlock_can_form(
     not after PostgreSQL's deadlock check (1 s); the batch then revokes them all."""
     # Ids in insertion order, so that any plan locks the held key last of the batch.
     ids = [uuid.UUID(int=i) for i in range(1, 21)]
-    for i, key_id in enumerate(ids):
-        await db.execute(
-            "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
-            "VALUES ($1, 'acct', $2, 'sha256:test', $3)",
-            key_id,
-            f"lone-{i}",  # no membership row: orphaned
-            at(0),
-        )
+    await db.execute(  # users without a membership row: every key orphaned
+        "INSERT INTO api_keys (id, account_id, iam_id, key_hash, created_at) "
+        "SELECT id, 'acct', 'lone-' || n, 'sha256:test', $2 "
+        "FROM unnest($1::uuid[]) WITH ORDINALITY AS k (id, n) ORDER BY n",
+        ids,
+        at(0),
+    )
     await group(db, "keeper", "active")  # members that keep their keys, as in any account
     held, others = ids[-1], ids[:-1]
     worker = await asyncpg.connect(settings.database_url.get_secret_value())
