@@ -231,6 +231,14 @@ async def verdict(
             list(odd),
         ):
             print("chaos: differs: " + " ".join(str(v) for v in r.values()))
+        unannounced = {str(k) for k in revoked_at} - set(announced)
+        for r in await db.fetch(
+            "SELECT k.id, k.revocation_reason, k.revoked_by, k.revoked_at, "
+            "EXISTS (SELECT FROM revocation_outbox o WHERE o.key_id = k.id::text) AS in_outbox "
+            "FROM api_keys k WHERE k.id::text = ANY($1::text[]) LIMIT 5",
+            list(unannounced),
+        ):
+            print("chaos: not announced: " + " ".join(str(v) for v in r.values()))
     finally:
         await db.close()
     print("chaos: " + json.dumps(report))

@@ -1,5 +1,6 @@
 """The notice relay against the real broker and database: it defers to a consumer that is
-catching up ("The outbox", docs/design.md), and then announces everything."""
+catching up ("The outbox", docs/design.md), then announces everything, and on a stop announces
+what is left before it ends."""
 
 from __future__ import annotations
 
@@ -67,6 +68,31 @@ async def test_relay_takes_one_batch_while_the_consumer_catches_up(
         finally:
             relay.request_stop()
             await running
+    assert await outbox_size(db) == 0
+    ids = {json.loads(r.value)["id"] for r in await read_topic(settings, topic)}
+    assert ids == {f"revoked:{key}" for key in keys}
+
+
+async def test_a_stop_publishes_what_the_outbox_holds_before_the_relay_ends(
+    settings: Settings, db: Any
+) -> None:
+    """Asked to stop while parked behind a busy consumer, the relay still announces every row
+    in the outbox before `run` returns, instead of leaving them for the next replica."""
+    topic = f"test-relay-{uuid.uuid4().hex[:12]}"
+    await create_topic(settings, topic)
+    settings = settings.model_copy(update={"revocations_topic": topic, "relay_batch_size": BATCH})
+    keys = await write_outbox(db, ROWS)
+    async with AsyncExitStack() as stack:
+        producer = await start_producer(settings, stack)
+        relay = await notice_relay(settings, producer, stack)
+        assert relay is not None
+        relay.defer_to(lambda: True, at_most_s=300)
+        running = asyncio.create_task(relay.run())
+        await eventually(lambda: asyncio.sleep(0, relay.published == BATCH))
+        relay.request_stop()
+        async with asyncio.timeout(10):
+            await running
+    assert relay.published == ROWS
     assert await outbox_size(db) == 0
     ids = {json.loads(r.value)["id"] for r in await read_topic(settings, topic)}
     assert ids == {f"revoked:{key}" for key in keys}

@@ -36,6 +36,7 @@ class ConsumerParts:
 
     consumer_loop: ConsumerLoop
     ping_database: Ping
+    # Stopped in this order (`stop_companions`): whatever revokes before the notice relay.
     companions: tuple[Companion, ...] = ()
 
 
@@ -89,7 +90,7 @@ class RunProcess:
         try:
             await self.consumer_loop.run()
         finally:
-            await _stop_companions(parts.companions, companions)
+            await stop_companions(parts.companions, companions)
         if self._companion_failure is not None:
             raise self._companion_failure
 
@@ -140,18 +141,20 @@ class RunProcess:
         return self._ping_database is not None and await self._ping_database()
 
 
-async def _stop_companions(
+async def stop_companions(
     companions: tuple[Companion, ...], tasks: list[asyncio.Task[None]], timeout_s: float = 5.0
 ) -> None:
-    """Asks the companions to stop and gives them a moment; what they leave is safe (the
-    outbox keeps unpublished notices for the next relay)."""
-    for companion in companions:
+    """Stops the companions one after the other, in the order given, each within `timeout_s`.
+    Order matters: the late-key sweep may revoke keys in the sweep it is finishing, and the
+    relay's last look at the outbox must come after that, or those notices would wait for the
+    next replica to start (maybe minutes, or never when the group is scaled to zero). What a
+    companion cut short leaves is safe: the outbox keeps unpublished notices for the next
+    relay, and a sweep rolled back is done by the next sweep."""
+    for companion, task in zip(companions, tasks, strict=True):
         companion.request_stop()
-    if not tasks:
-        return
-    _, late = await asyncio.wait(tasks, timeout=timeout_s)
-    for task in late:
-        task.cancel()
+        _, late = await asyncio.wait({task}, timeout=timeout_s)
+        for cut_short in late:
+            cut_short.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
 

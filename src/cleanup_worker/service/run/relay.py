@@ -38,7 +38,7 @@ def _worth_retrying(exc: Exception) -> bool:
 class NoticeRelay:
     """Publishes the outbox until asked to stop. `wake()` after a commit that revoked keys
     makes it look at once; otherwise it looks every `poll_s` (rows of other replicas, of the
-    backfill, or left by a crash)."""
+    backfill, or left by a crash). On a stop it publishes what the outbox still holds."""
 
     def __init__(
         self,
@@ -92,7 +92,7 @@ class NoticeRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        """Publishes until asked to stop; what is left waits in the outbox for the next relay."""
+        """Publishes until asked to stop, then drains the outbox (`_drain`)."""
         measuring = asyncio.create_task(self._measure_backlog())
         try:
             while not self._stopping.is_set():
@@ -102,11 +102,24 @@ class NoticeRelay:
                     self._wake.clear()
                 else:
                     await self._defer()
+            await self._drain()
         finally:
             measuring.cancel()
             with suppress(asyncio.CancelledError):
                 await measuring
             await self._drop_connection()
+
+    async def _drain(self) -> None:
+        """The last look, on a stop. By now the consumer and the late-key sweep have stopped
+        (service/run/process.py stops them first), so the outbox holds their last
+        revocations: announce them now rather than when the next replica starts. One try per
+        batch and no retries: with a service down, what is left waits in the outbox, as after
+        a crash; the process bounds the whole drain."""
+        try:
+            while await self.publish_batch() == self._batch_size:
+                pass
+        except Exception as exc:  # noqa: BLE001 - left for the next relay; said once
+            log.warning("relay.drain_incomplete", error=type(exc).__name__)
 
     async def _defer(self) -> None:
         """Waits while the consumer is busy, `defer_to`'s bound at most."""
