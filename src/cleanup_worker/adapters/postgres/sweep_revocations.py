@@ -103,12 +103,23 @@ async def recheck_recent_keys(
 # R6 (domain.late_keys.late_key_removal) for the candidates of `late_key_candidates`: the key
 # is live, the member is removed, its latest removal is in the ledger (the row's changed_at
 # is that removal's time) and the key was created after it.
+#
+# Driven by the candidates, whatever the statistics say: each join is a LATERAL lookup of at
+# most one row (LIMIT 1 keeps the planner from flattening it into a join it may reorder). As
+# plain joins, a plan made while account_memberships was small started from the removed
+# members and looked up each one's keys, 30-115 ms per sweep (two a second) with no candidate
+# at all (bench.stalls, docs/performance.md).
 _LATE_KEYS = """
 SELECT c.key_id, {created_tz} AS created_at, r.ref
 FROM late_key_candidates AS c
-JOIN {keys} AS k ON {id} = {candidate_id} AND {live}
-JOIN account_memberships AS m
-  ON m.account_id = {account_text} AND m.iam_id = {user_text} AND m.state = 'removed'
+CROSS JOIN LATERAL (
+    SELECT * FROM {keys} AS k WHERE {id} = {candidate_id} AND {live} LIMIT 1
+) AS k
+CROSS JOIN LATERAL (
+    SELECT m.changed_at FROM account_memberships AS m
+    WHERE m.account_id = {account_text} AND m.iam_id = {user_text} AND m.state = 'removed'
+    LIMIT 1
+) AS m
 CROSS JOIN LATERAL (
     SELECT 'event:' || e.source || '#' || e.event_id AS ref, e.event_time
     FROM membership_events AS e
