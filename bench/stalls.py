@@ -2,6 +2,7 @@
 docs/design.md: revocation lag and notice lag at 500 events/s).
 
     .venv/bin/python -m bench.stalls [--rate 500] [--seconds 20] [--notices on|off] [--idle-s 0]
+                                     [--env CLEANUP_X=VALUE ...]
 
 One `cleanup-worker run` on a scratch database and a topic of its own, a steady stream of
 removals (5 keys each). Afterwards, for every event, from the ledger and the notices topic:
@@ -94,7 +95,9 @@ async def run(
         await admin.create_topics(topics)
     finally:
         await admin.close()
-    extra = {"CLEANUP_REVOCATIONS_TOPIC": notices} if args.notices == "on" else {}
+    extra = dict(setting.split("=", 1) for setting in args.env)
+    if args.notices == "on":
+        extra["CLEANUP_REVOCATIONS_TOPIC"] = notices
     async with scratch_database(env["CLEANUP_DATABASE_URL"], "bench_stalls") as db_url:
         db = await asyncpg.connect(db_url)
         try:
@@ -110,7 +113,7 @@ async def run(
                     with suppress(asyncio.CancelledError):
                         await sampling
                 notice_lag: dict[float, float] = {}
-                if extra:
+                if args.notices == "on":
                     expected = args.rate * args.seconds * 5
                     for _ in range(300):  # until every notice is acknowledged, 60 s at most
                         notice_lag = await histogram(w.port, "cleanup_notice_lag_seconds")
@@ -125,7 +128,7 @@ async def run(
         finally:
             await db.close()
     built: dict[str, float] = {}
-    if extra:
+    if args.notices == "on":
         settings = Settings(database_url=SecretStr(db_url), kafka_bootstrap_servers=bootstrap)
         for record in await read_topic(settings, notices):
             event_id = json.loads(record.value)["data"]["revoked_by"].split("#", 1)[1]
@@ -199,6 +202,10 @@ def main() -> None:
     parser.add_argument("--notices", choices=("on", "off"), default="on")
     parser.add_argument("--idle-s", type=float, default=0.0)
     parser.add_argument("--slow-ms", type=float, default=80.0)
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="CLEANUP_X=VALUE",
+        help="a setting for the worker (repeat for more)",
+    )  # fmt: skip
     args = parser.parse_args()
     timelines, summary, wal = asyncio.run(run(args))
     report(timelines, summary, wal, args.slow_ms)
