@@ -28,12 +28,20 @@ import uuid
 from collections import defaultdict
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
-from bench.consumer import PARTITIONS, Worker, percentile, steady_lag, worker_env
+from bench.consumer import (
+    KEYS_PER_USER,
+    PARTITIONS,
+    Worker,
+    percentile,
+    steady_lag,
+    worker_env,
+)
 from bench.notices import histogram
 from cleanup_worker.settings import Settings
 from testkit.kafka import read_topic
@@ -114,7 +122,7 @@ async def run(
                         await sampling
                 notice_lag: dict[float, float] = {}
                 if args.notices == "on":
-                    expected = args.rate * args.seconds * 5
+                    expected = args.rate * args.seconds * KEYS_PER_USER
                     for _ in range(300):  # until every notice is acknowledged, 60 s at most
                         notice_lag = await histogram(w.port, "cleanup_notice_lag_seconds")
                         if notice_lag and notice_lag[math.inf] >= expected:
@@ -175,6 +183,7 @@ def report(
     for t in timelines:
         windows[int((t.at - timelines[0].at) / WINDOW_S)].append(t)
     origin = timelines[0].at
+    print(f"\nthe stream's first event: {datetime.fromtimestamp(origin, UTC):%H:%M:%S.%f} UTC")
     fpi, kib = wal_between(wal, origin + 2, origin + 2 + 10 * WINDOW_S)
     print(f"\nWAL in a second of the stream from 2 s on: {fpi} full-page images, {kib} KiB")
     slow = []
