@@ -64,6 +64,16 @@ async def consume(env: dict[str, str], n: int, *, notices: bool) -> tuple[float,
     return (n - first_count) / max(last - first, 1e-3), n * KEYS_PER_USER / (announced - first)
 
 
+async def notice_lag_of(port: int, notices: int, timeout_s: float = 60) -> dict[float, float]:
+    """The worker's notice-lag buckets once `notices` were acknowledged (or after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        buckets = await histogram(port, "cleanup_notice_lag_seconds")
+        if (buckets and buckets[float("inf")] >= notices) or time.monotonic() > deadline:
+            return buckets
+        await asyncio.sleep(0.2)
+
+
 async def steady(
     bootstrap: str, topic: str, db: Any, env: dict[str, str], rate: int, secs: int
 ) -> tuple[dict[float, float], dict[float, float]]:
@@ -83,12 +93,7 @@ async def steady(
             futures.append(await producer.send(topic, removal(i, datetime.now(UTC), "lag")))
         await asyncio.gather(*futures)
         await producer.stop()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            notice = await histogram(worker.port, "cleanup_notice_lag_seconds")
-            if notice and notice[float("inf")] >= users * KEYS_PER_USER:
-                break
-            await asyncio.sleep(0.2)
+        notice = await notice_lag_of(worker.port, users * KEYS_PER_USER)
         revocation = await histogram(worker.port, "cleanup_revocation_lag_seconds")
     return notice, revocation
 

@@ -42,7 +42,8 @@ from bench.consumer import (
     steady_lag,
     worker_env,
 )
-from bench.notices import histogram
+from bench.notices import notice_lag_of
+from bench.report import percentile as nearest_rank
 from cleanup_worker.settings import Settings
 from testkit.kafka import read_topic
 from testkit.processes import until_ready
@@ -123,11 +124,7 @@ async def run(
                 notice_lag: dict[float, float] = {}
                 if args.notices == "on":
                     expected = args.rate * args.seconds * KEYS_PER_USER
-                    for _ in range(300):  # until every notice is acknowledged, 60 s at most
-                        notice_lag = await histogram(w.port, "cleanup_notice_lag_seconds")
-                        if notice_lag and notice_lag[math.inf] >= expected:
-                            break
-                        await asyncio.sleep(0.2)
+                    notice_lag = await notice_lag_of(w.port, expected)
             rows = await db.fetch(
                 "SELECT event_id, extract(epoch FROM event_time)::float8 AS e, "
                 "extract(epoch FROM kafka_timestamp)::float8 AS k, "
@@ -154,11 +151,6 @@ async def run(
     return sorted(timelines, key=lambda t: t.at), summary, wal
 
 
-def quantile_ms(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def wal_between(wal: list[WalSample], start: float, end: float) -> tuple[int, int]:
     """(full-page images, KiB) written between two moments, from the samples around them."""
     before = [w for w in wal if w.at <= start]
@@ -177,7 +169,7 @@ def report(
     for name in ("kafka", "transaction", "notice"):
         values = [getattr(t, name) for t in timelines if not math.isnan(getattr(t, name))]
         if values:
-            row = " ".join(f"{quantile_ms(values, q):6.1f}" for q in (0.5, 0.9, 0.99, 1.0))
+            row = " ".join(f"{nearest_rank(values, q) * 1000:6.1f}" for q in (0.5, 0.9, 0.99, 1.0))
             print(f"{name:<19} {row}")
     windows: dict[int, list[Timeline]] = defaultdict(list)
     for t in timelines:

@@ -152,9 +152,9 @@ async def stop_companions(
     relay, and a sweep rolled back is done by the next sweep."""
     for companion, task in zip(companions, tasks, strict=True):
         companion.request_stop()
-        _, late = await asyncio.wait({task}, timeout=timeout_s)
-        for cut_short in late:
-            cut_short.cancel()
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
