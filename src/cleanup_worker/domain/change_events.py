@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cleanup_worker.domain.events import Change, Member, MembershipEvent, Origin
+from cleanup_worker.domain.values import has_forbidden_characters
 
 __all__ = [
     "CDC_TYPES",
@@ -203,6 +204,12 @@ def _text(row: Mapping[str, object], column: str, where: str) -> str:
     text = str(value)
     if not text:
         raise Unmappable(f"column {column!r} of {where} is empty")
+    if has_forbidden_characters(text):
+        # As for a CloudEvent's: such a member cannot be stored (NUL) or sent to the database
+        # (a lone surrogate), so it would stop every batch it is in.
+        raise Unmappable(
+            f"column {column!r} of {where} holds control characters or unpaired surrogates"
+        )
     return text
 
 
