@@ -92,9 +92,9 @@ def backfill(
             min=1,
             max=8,
             metavar="N",
-            help="Write N batches side by side, each on a connection of its own. More than 1 "
-            "is faster but takes the database's cores from the live worker: for a maintenance "
-            "window, not beside live traffic. (default: 1)",
+            help="Write N batches side by side, each on a connection of its own. 1 leaves the "
+            "database's other cores to the live worker; more than 2 is for a maintenance "
+            "window. (default: 2)",
         ),
     ] = None,
     memberships: Annotated[

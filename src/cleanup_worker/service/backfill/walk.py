@@ -4,9 +4,9 @@ re-checks R5 as it revokes and records the run's checkpoint.
 The run's connection reads the candidates (its TEMP table); the batches are written on
 `--lanes` connections of their own, side by side, so that PostgreSQL can use more than one
 core: a batch waits on index probes of the memberships and on pages all over the key table,
-not on this process (docs/performance.md, Backfill). One lane, the default, writes on the
-run's connection, one batch at a time: more take the cores the live worker's revocations
-need (measured: its lag during a backfill). Each batch's checkpoint still
+not on this process (docs/performance.md, Backfill). Two, the default, take the backfill
+past 0.8x one set-based UPDATE on two cores while the live worker keeps its lag target; one
+lane writes on the run's connection, one batch at a time. Each batch's checkpoint still
 commits after the one before it, so `--resume` never skips a batch that did not commit, and a
 kill at any moment leaves counts that `--resume` completes identically.
 """
