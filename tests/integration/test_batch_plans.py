@@ -18,6 +18,7 @@ import pytest
 
 from cleanup_worker.adapters.postgres import key_table, keys, memberships
 from cleanup_worker.adapters.postgres.connections import BATCH_PLANNER
+from cleanup_worker.adapters.postgres.json_rows import json_rows
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 MEMBERS = 30
@@ -98,6 +99,11 @@ ledger_rows = json.dumps(
     ]
 )  # fmt: skip
 
+removals = json_rows(
+    {"account_id": a, "iam_id": u, "removed_at": T, "revoked_by": "event:/s#x"}
+    for a, u in zip(accounts, iam_ids, strict=True)
+)
+
 STATEMENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "ensure member locks": (memberships._ENSURE_MEMBER_LOCKS, (accounts, iam_ids)),
     "lock members": (memberships._LOCK_MEMBERS, (accounts, iam_ids)),
@@ -107,17 +113,22 @@ STATEMENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
     ),
     "revoke for removals": (
         keys.r1_statement(key_table.DEFAULT, announce=False, note_late_keys=False),
-        (accounts, iam_ids, [T] * MEMBERS, ["event:/s#x"] * MEMBERS),
+        (removals,),
     ),
     "revoke for removals, announced, late keys noted": (
         keys.r1_statement(key_table.DEFAULT, announce=True, note_late_keys=True),
-        (accounts, iam_ids, [T] * MEMBERS, ["event:/s#x"] * MEMBERS),
+        (removals,),
     ),
     "load history": (memberships._HISTORY, (accounts, iam_ids)),
     "load baselines": (memberships._BASELINES, (accounts, iam_ids)),
     "write memberships": (
         memberships._UPSERT_MEMBERSHIPS,
-        (accounts, iam_ids, ["removed"] * MEMBERS, [None] * MEMBERS, [T] * MEMBERS),
+        (
+            json_rows(
+                {"account_id": a, "iam_id": u, "state": "removed", "changed_at": T}
+                for a, u in zip(accounts, iam_ids, strict=True)
+            ),
+        ),
     ),
 }
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cleanup_worker.adapters.postgres import explain, key_table, keys, late_keys, report
+from cleanup_worker.adapters.postgres.json_rows import json_rows
 from cleanup_worker.adapters.postgres.key_statements import MembershipSource
 from tests.integration.test_key_table_mapping import mapped  # noqa: F401 - the fixture
 
@@ -48,7 +49,11 @@ async def test_every_key_statement_uses_an_index_on_a_million_keys(mapped: Any) 
     await db.execute('ANALYZE keysvc."ApiKeys"')
     table = key_table.current()
     now = datetime.now(UTC)
-    removal = (["17"], ["user-17"], [now], ["event:/s#x"])
+    removal = (
+        json_rows(
+            [{"account_id": "17", "iam_id": "user-17", "removed_at": now, "revoked_by": "x"}]
+        ),
+    )
     member_of_key, member_keys, one_key = explain._key_reads(table)
     collect, _ = report._key_statements(table)
     statements: dict[str, tuple[str, tuple[Any, ...]]] = {

@@ -139,7 +139,7 @@ def test_r1_on_our_api_keys_writes_no_audit_row() -> None:
     for announce in (False, True):
         sql = keys.r1_statement(DEFAULT, announce=announce, note_late_keys=True)
         assert "key_revocations" not in sql
-        assert "SELECT * FROM unnest" in sql
+        assert "SELECT * FROM json_to_recordset" in sql
     assert "key_revocations" not in keys.r5_statement(
         DEFAULT, MembershipSource.TABLE, announce=True
     )

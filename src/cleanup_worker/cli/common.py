@@ -39,7 +39,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Runs a command's coroutine, mapping our errors to exit codes without tracebacks.
 
     On uvloop: the event loop, its transports and its timers in C instead of Python cost the
-    worker a tenth less CPU per event (docs/performance.md), and the database is asyncpg's
+    worker about 5 % less CPU per event (docs/performance.md), and the database is asyncpg's
     own choice of loop."""
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -17,6 +17,7 @@ from functools import cache
 
 from cleanup_worker.adapters.postgres import key_table
 from cleanup_worker.adapters.postgres.connections import Connection
+from cleanup_worker.adapters.postgres.json_rows import json_rows
 from cleanup_worker.adapters.postgres.key_statements import (
     MembershipSource,
     fill,
@@ -72,8 +73,8 @@ _NOTE_LATE = """, noted AS (
 # revoked key is never touched again, so its first reason and revoker stay.
 _R1 = """
 WITH removal AS (
-    SELECT {removal_columns} FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
-        AS r(account_id, iam_id, removed_at, revoked_by)
+    SELECT {removal_columns} FROM json_to_recordset($1::json)
+        AS r(account_id text, iam_id text, removed_at timestamptz, revoked_by text)
 ), revoked AS (
     UPDATE {keys} AS k
     SET {revoke}
@@ -90,7 +91,8 @@ SELECT count(*) FROM revoked
 
 @cache
 def r1_statement(table: KeyTable, *, announce: bool, note_late_keys: bool) -> str:
-    """R1 for a batch of removals ($1 accounts, $2 users, $3 times, $4 revoked_by), in `table`."""
+    """R1 for a batch of removals in `table`: $1 their rows (`json_rows`: account_id, iam_id,
+    removed_at, revoked_by)."""
     m = table.mapping
     account = table.typed("r.account_id", m.account_column)
     user = table.typed("r.iam_id", m.user_column)
@@ -134,10 +136,15 @@ async def revoke_for_removals(
         return 0
     count: int = await conn.fetchval(
         r1_statement(table, announce=announce, note_late_keys=note_late_keys),
-        [event.account_id for event in removals],
-        [event.iam_id for event in removals],
-        [event.time for event in removals],
-        [event.ref for event in removals],
+        json_rows(
+            {
+                "account_id": event.account_id,
+                "iam_id": event.iam_id,
+                "removed_at": event.time,
+                "revoked_by": event.ref,
+            }
+            for event in removals
+        ),
     )
     return count
 
