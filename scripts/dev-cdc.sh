@@ -182,15 +182,25 @@ connector_running() { # NAME
 }
 
 cdc_register() { # NAME TOPIC_PREFIX SCHEMAS
-  local topic="$2.${CDC_TABLE}" t0=$SECONDS
+  local topic="$2.${CDC_TABLE}" t0=$SECONDS restarts=0
   "$KAFKA_SH" topics --bootstrap-server "$BOOTSTRAP" --create --if-not-exists --topic "$topic" \
     --partitions 3 --replication-factor 1 >/dev/null
   curl -fsS -X PUT -H 'Content-Type: application/json' --data "$(connector_config "$@")" \
     "$CONNECT_URL/connectors/$1/config" >/dev/null || die "connect refused the connector $1"
   until connector_running "$1"; do
     if curl -fsS "$CONNECT_URL/connectors/$1/status" 2>/dev/null | grep -q FAILED; then
+      # A task fails for good when PostgreSQL goes away under it (a restart, or a test's
+      # outage); `up` brings PostgreSQL back, so it restarts what failed, as an operator would.
+      if [ "$restarts" -lt 3 ]; then
+        restarts=$((restarts + 1))
+        say "connect: connector $1 failed; restarting it (attempt $restarts)"
+        curl -fsS -X POST "$CONNECT_URL/connectors/$1/restart?includeTasks=true&onlyFailed=true" \
+          >/dev/null || true
+        sleep 1
+        continue
+      fi
       curl -sS "$CONNECT_URL/connectors/$1/status" | head -c 3000 >&2; echo >&2
-      die "connector $1 failed"
+      die "connector $1 failed, and again after $restarts restarts"
     fi
     [ $((SECONDS - t0)) -lt 60 ] || die "connector $1 not running within 60 s"
     sleep 0.5

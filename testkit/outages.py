@@ -30,11 +30,12 @@ async def start_dev_services() -> None:
     result = await asyncio.to_thread(
         subprocess.run,
         [str(ROOT / "scripts" / "dev-services"), "up"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         check=False,
     )
-    assert result.returncode == 0
+    assert result.returncode == 0, f"scripts/dev-services up failed:\n{result.stdout[-3000:]}"
 
 
 async def restart_dev_service(name: str, pause_s: float) -> None:
