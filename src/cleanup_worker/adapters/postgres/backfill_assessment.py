@@ -105,6 +105,11 @@ async def assess(
         # One pass over every key, and an index over what it found: no statement timeout.
         await conn.execute("SET LOCAL statement_timeout = 0")
         await conn.execute("SELECT set_config('work_mem', $1, true)", ASSESSMENT_WORK_MEM)
+        # The planner cannot tell that only the orphans (a few percent) leave the join, so it
+        # prices a parallel plan's tuples as if every key did and reads on one core. The pass
+        # is the backfill's longest statement: let it use the parallel workers the server
+        # allows (docs/performance.md, Backfill).
+        await conn.execute("SET LOCAL parallel_tuple_cost = 0")
         await conn.execute(find, after, scope)
         totals = await conn.fetchrow(totals_sql, scope)
         assert totals is not None  # an aggregate without GROUP BY returns one row
