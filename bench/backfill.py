@@ -121,7 +121,7 @@ async def seed(url: str, keys: int) -> None:
 async def settle(conn: Any) -> None:
     """The same starting point for every measurement: orphans live, no dead rows, clean pages."""
     await conn.execute(_RESTORE)
-    await conn.execute("TRUNCATE revocation_outbox")
+    await conn.execute("TRUNCATE revocation_outbox, revocation_outbox_batches")
     await conn.execute("VACUUM ANALYZE api_keys")
     await conn.execute("CHECKPOINT")
 

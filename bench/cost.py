@@ -196,7 +196,7 @@ def print_notice_costs(announced: Cost, notices: int) -> None:
     cost, and the relay's statements (those on the outbox) per 1 000 notices."""
     per_notice_k = 1000 / notices
     # (The claim's text is cut before its table's name.)
-    claim = "SELECT id, key_id, account_id, iam_id, reason"
+    claim = "SELECT id, key_ids, account_ids, iam_ids, reasons"
     relay = [
         s for s in announced.by_statement
         if "revocation_outbox" in str(s["query"]) or str(s["query"]).strip().startswith(claim)

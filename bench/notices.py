@@ -149,7 +149,7 @@ async def main(args: argparse.Namespace) -> None:
                         f"{keys_rate:,.0f} keys/s announced (until the last acknowledgement)"
                     )
                 await reset(db)
-                await db.execute("TRUNCATE revocation_outbox")
+                await db.execute("TRUNCATE revocation_outbox, revocation_outbox_batches")
         off, on = (1.0, 1.0) if args.steady_only else (median(rates[False]), median(rates[True]))
         # The steady phase reads a topic of its own from its start.
         await create_topics(bootstrap, f"{topic}.steady")

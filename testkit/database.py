@@ -124,3 +124,12 @@ async def until_lock_waiters(db: Any, table: str, *, timeout: float = 60.0) -> s
 
     await eventually(blocked, timeout=timeout)
     return waiters
+
+
+async def outbox_notices(db: Any) -> int:
+    """How many notices wait in the outbox: the elements of its rows (one row per revoking
+    statement, migration 0014)."""
+    count: int = await db.fetchval(
+        "SELECT coalesce(sum(cardinality(key_ids)), 0) FROM revocation_outbox_batches"
+    )
+    return count

@@ -234,7 +234,8 @@ async def verdict(
         unannounced = {str(k) for k in revoked_at} - set(announced)
         for r in await db.fetch(
             "SELECT k.id, k.revocation_reason, k.revoked_by, k.revoked_at, "
-            "EXISTS (SELECT FROM revocation_outbox o WHERE o.key_id = k.id::text) AS in_outbox "
+            "EXISTS (SELECT FROM revocation_outbox_batches o WHERE k.id::text = ANY(o.key_ids)) "
+            "AS in_outbox "
             "FROM api_keys k WHERE k.id::text = ANY($1::text[]) LIMIT 5",
             list(unannounced),
         ):

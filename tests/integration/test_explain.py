@@ -10,7 +10,7 @@ from typing import Any
 
 from cleanup_worker.errors import EXIT_NOT_FOUND
 from cleanup_worker.settings import Settings
-from testkit.database import ledger_size, seed_key
+from testkit.database import ledger_size, outbox_notices, seed_key
 from testkit.events import event
 from testkit.kafka import create_topic, publisher
 from testkit.operator import operator_login
@@ -34,8 +34,7 @@ async def wait_ledger(db: Any, count: int) -> None:
 
 async def wait_outbox_empty(db: Any) -> None:
     async def empty() -> bool:
-        left: int = await db.fetchval("SELECT count(*) FROM revocation_outbox")
-        return left == 0
+        return await outbox_notices(db) == 0
 
     await eventually(empty)
 

@@ -25,7 +25,7 @@ from cleanup_worker import __version__
 from cleanup_worker.adapters.kafka import dead_letter_topic as dlq
 from cleanup_worker.domain.events import MembershipEvent
 from cleanup_worker.settings import Settings
-from testkit.database import database_state, seed_key
+from testkit.database import database_state, outbox_notices, seed_key
 from testkit.kafka import committed_offsets, create_topic, end_offsets, read_topic
 from testkit.metrics import scrape
 from testkit.processes import cli, free_port, http_get, spawn_worker
@@ -234,7 +234,7 @@ async def test_hostile_records_leave_the_worker_running_and_every_record_account
         await eventually(all_committed, timeout=60 + RECORDS / 20, interval=0.5)
 
         async def announced() -> bool:
-            backlog = await db.fetchval("SELECT count(*) FROM revocation_outbox")
+            backlog = await outbox_notices(db)
             return worker.returncode is not None or backlog == 0
 
         await eventually(announced, timeout=60, interval=0.5)

@@ -130,8 +130,8 @@ async def test_r1_revokes_in_the_mapped_table_and_announces_an_integer_id(mapped
     noted = await db.fetch("SELECT key_id FROM late_key_candidates")
     assert [row["key_id"] for row in noted] == [str(later)]
     async with db.transaction():
-        [row] = await outbox.claim(db, 10)
-    body = json.loads(notices.record(row, event_type="api_key.revoked", source="/cw")[1])
+        [pending] = (await outbox.claim(db, 10, 10)).notices
+    body = json.loads(notices.record(pending, event_type="api_key.revoked", source="/cw")[1])
     assert body["data"]["key_id"] == str(covered)
     assert (body["data"]["account_id"], body["data"]["reason"]) == ("1001", "member_removed")
 

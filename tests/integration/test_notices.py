@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from cleanup_worker.settings import Settings
-from testkit.database import revoked_keys, seed_key
+from testkit.database import outbox_notices, revoked_keys, seed_key
 from testkit.events import at, event
 from testkit.kafka import create_topic, publisher, read_topic
 from testkit.key_rows import owners
@@ -46,11 +46,6 @@ async def announcing(notices_settings: Settings) -> Settings:
     return notices_settings
 
 
-async def outbox_size(db: Any) -> int:
-    count: int = await db.fetchval("SELECT count(*) FROM revocation_outbox")
-    return count
-
-
 async def notice_ids(settings: Settings) -> list[str]:
     """The ids of every notice on the revocations topic, repeats included."""
     assert settings.revocations_topic is not None
@@ -75,7 +70,9 @@ def removals() -> list[Any]:
 async def announced_all(db: Any, settings: Settings) -> bool:
     revoked = await revoked_keys(db)
     ids = set(await notice_ids(settings))
-    return bool(revoked) and await outbox_size(db) == 0 and ids == {f"revoked:{k}" for k in revoked}
+    return (
+        bool(revoked) and await outbox_notices(db) == 0 and ids == {f"revoked:{k}" for k in revoked}
+    )
 
 
 @over_key_tables
@@ -126,7 +123,7 @@ async def test_backfill_revocations_are_announced(announcing: Settings, db: Any)
     orphans = [await seed_key(db, *member("acct", f"gone{i}"), at(0)) for i in range(5)]
     code, _, err = await cli(settings, "backfill", "--execute", "--max-fraction", "1", "--json")
     assert code == 0, err
-    assert await outbox_size(db) == len(orphans)
+    assert await outbox_notices(db) == len(orphans)
     async with running_worker(settings):
         await eventually(lambda: announced_all(db, settings))
     assert set(await revoked_keys(db)) == set(orphans)
@@ -144,7 +141,7 @@ async def test_rolled_back_revocation_announces_nothing(
     assert code == 0, err
     assert json.loads(out)["keys_revoked"] == 2 * len(USERS)
     assert await revoked_keys(db) == {}
-    assert await outbox_size(db) == 0
+    assert await outbox_notices(db) == 0
 
 
 @over_key_tables
@@ -162,7 +159,7 @@ async def test_sigkill_before_publishing_loses_no_notice(
             await pub.events(removals())
 
         async def revoked_not_announced() -> bool:
-            return len(await revoked_keys(db)) == 2 * len(USERS) and await outbox_size(db) > 0
+            return len(await revoked_keys(db)) == 2 * len(USERS) and await outbox_notices(db) > 0
 
         await eventually(revoked_not_announced, timeout=60)
     finally:
@@ -176,7 +173,7 @@ async def test_sigkill_before_publishing_loses_no_notice(
 _SLOW_DELETE = """
 CREATE FUNCTION slow_outbox_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_sleep(3); RETURN OLD; END $$;
-CREATE TRIGGER slow_outbox_delete BEFORE DELETE ON revocation_outbox
+CREATE TRIGGER slow_outbox_delete BEFORE DELETE ON revocation_outbox_batches
 FOR EACH ROW EXECUTE FUNCTION slow_outbox_delete();
 """
 
@@ -195,13 +192,13 @@ async def test_sigkill_after_publishing_before_deleting_loses_no_notice(
             await pub.events(removals())
 
         async def published_not_deleted() -> bool:
-            return bool(await notice_ids(settings)) and await outbox_size(db) > 0
+            return bool(await notice_ids(settings)) and await outbox_notices(db) > 0
 
         await eventually(published_not_deleted, timeout=60, interval=0.05)
     finally:
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
-    await db.execute("DROP TRIGGER slow_outbox_delete ON revocation_outbox")
+    await db.execute("DROP TRIGGER slow_outbox_delete ON revocation_outbox_batches")
     async with running_worker(settings):
         await eventually(lambda: announced_all(db, settings), timeout=60)
     ids = await notice_ids(settings)
@@ -239,7 +236,7 @@ async def test_broker_outage_then_every_notice_arrives(
         await stop_dev_service("kafka")
         code, _, err = await cli(settings, "backfill", "--execute", "--max-fraction", "1", "--json")
         assert code == 0, err
-        assert await outbox_size(db) == len(orphans)
+        assert await outbox_notices(db) == len(orphans)
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - began)))
         await start_dev_services()
         await eventually(lambda: announced_all(db, settings), timeout=120)

@@ -1,5 +1,5 @@
 """The checked-in JSON Schema of the revocation notice matches the model, and a notice built
-from an outbox row has the shape of docs/revocations.md's example (and never carries a key
+from the outbox has the shape of docs/revocations.md's example (and never carries a key
 hash)."""
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import pytest
 
 from cleanup_worker.adapters.cloudevents import notices
 from cleanup_worker.adapters.cloudevents import schema as event_schema
-from cleanup_worker.adapters.postgres.outbox import OutboxRow
+from cleanup_worker.adapters.postgres.outbox import PendingNotice
 
 SCHEMA_FILE = Path(__file__).parents[2] / "docs" / "revocation-notice-schema.json"
 REGENERATE = "docs/revocation-notice-schema.json is stale; regenerate it with `make schema`"
 KEY = UUID("7d0c5f3e-3a0b-4c3e-9f4e-2b1d8f6a9c10")
 REVOKED = datetime(2026, 11, 26, 14, 3, 7, 530000, tzinfo=UTC)
-ROW = OutboxRow(
-    id=1,
+ROW = PendingNotice(
     key_id=str(KEY),
     account_id="a-4f2e91",
     iam_id="IBMid-550001",
@@ -70,8 +69,7 @@ def test_written_json_is_the_model_s_notice() -> None:
     rng = random.Random(seed)
     texts = ["a-4f2e91", 'quote" back\\slash', "tab\tnew\nline\u0001", "ümlaut/日本", "\u2028"]
     for _ in range(200):
-        row = OutboxRow(
-            id=rng.randrange(1, 2**40),
+        row = PendingNotice(
             key_id=rng.choice([str(uuid4()), str(rng.randrange(1, 2**62)), "ApiKey-7"]),
             account_id=rng.choice(texts),
             iam_id=rng.choice(texts) + str(rng.randrange(10**6)),

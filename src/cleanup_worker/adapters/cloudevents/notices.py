@@ -14,7 +14,7 @@ from pydantic_core import to_json
 
 from cleanup_worker.adapters.cloudevents.binding import public_json_schema
 from cleanup_worker.adapters.kafka.clients import Header
-from cleanup_worker.adapters.postgres.outbox import OutboxRow
+from cleanup_worker.adapters.postgres.outbox import PendingNotice
 
 CONTENT_TYPE = "application/cloudevents+json"
 HEADERS: list[Header] = [("content-type", CONTENT_TYPE.encode())]
@@ -54,58 +54,60 @@ class RevocationNotice(BaseModel):
     data: RevocationData
 
 
-def notice(row: OutboxRow, *, event_type: str, source: str) -> RevocationNotice:
-    """The notice announcing the revocation an outbox row records."""
+def notice(pending: PendingNotice, *, event_type: str, source: str) -> RevocationNotice:
+    """The notice announcing one revocation the outbox holds."""
     return RevocationNotice(
-        id=f"revoked:{row.key_id}",
+        id=f"revoked:{pending.key_id}",
         source=source,
         type=event_type,
-        time=row.revoked_at,
-        subject=row.key_id,
+        time=pending.revoked_at,
+        subject=pending.key_id,
         data=RevocationData(
-            key_id=row.key_id,
-            account_id=row.account_id,
-            iam_id=row.iam_id,
-            reason=row.reason,
-            revoked_at=row.revoked_at,
-            revoked_by=row.revoked_by,
+            key_id=pending.key_id,
+            account_id=pending.account_id,
+            iam_id=pending.iam_id,
+            reason=pending.reason,
+            revoked_at=pending.revoked_at,
+            revoked_by=pending.revoked_by,
         ),
     )
 
 
-def value(row: OutboxRow, *, event_type: str, source: str) -> bytes:
-    """The JSON of `notice(row)`, serialized from a plain dict by pydantic's own serializer
+def value(pending: PendingNotice, *, event_type: str, source: str) -> bytes:
+    """The JSON of `notice(pending)`, serialized from a plain dict by pydantic's own serializer
     (UUIDs and times written alike): the relay writes five per removal, and validating the
     two models first cost more than twice as much (the unit tests hold the two equal)."""
     return to_json(
         {
             "specversion": "1.0",
-            "id": f"revoked:{row.key_id}",
+            "id": f"revoked:{pending.key_id}",
             "source": source,
             "type": event_type,
-            "time": row.revoked_at,
-            "subject": row.key_id,
+            "time": pending.revoked_at,
+            "subject": pending.key_id,
             "datacontenttype": "application/json",
             "data": {
-                "key_id": row.key_id,
-                "account_id": row.account_id,
-                "iam_id": row.iam_id,
-                "reason": row.reason,
-                "revoked_at": row.revoked_at,
-                "revoked_by": row.revoked_by,
+                "key_id": pending.key_id,
+                "account_id": pending.account_id,
+                "iam_id": pending.iam_id,
+                "reason": pending.reason,
+                "revoked_at": pending.revoked_at,
+                "revoked_by": pending.revoked_by,
             },
         }
     )
 
 
-def key(row: OutboxRow) -> bytes:
-    """The Kafka key of a row's notice: `<account_id>/<iam_id>`."""
-    return f"{row.account_id}/{row.iam_id}".encode()
+def key(pending: PendingNotice) -> bytes:
+    """The Kafka key of a notice: `<account_id>/<iam_id>`."""
+    return f"{pending.account_id}/{pending.iam_id}".encode()
 
 
-def record(row: OutboxRow, *, event_type: str, source: str) -> tuple[bytes, bytes, list[Header]]:
-    """Kafka key (`<account_id>/<iam_id>`), value and headers of a row's notice."""
-    return key(row), value(row, event_type=event_type, source=source), HEADERS
+def record(
+    pending: PendingNotice, *, event_type: str, source: str
+) -> tuple[bytes, bytes, list[Header]]:
+    """Kafka key (`<account_id>/<iam_id>`), value and headers of a notice."""
+    return key(pending), value(pending, event_type=event_type, source=source), HEADERS
 
 
 def notice_json_schema() -> dict[str, Any]:

@@ -25,7 +25,7 @@ INDEXES = {
 }
 TRIGGER = "api_keys_revocation_is_permanent"
 
-# What the worker's login needs (migrations 0003-0009; docs/database-role.md).
+# What the worker's login needs (migrations 0003-0009, 0014; docs/database-role.md).
 _RW = ("SELECT", "INSERT", "UPDATE", "DELETE")
 TABLE_GRANTS: dict[str, tuple[str, ...]] = {
     "api_keys": ("SELECT",),
@@ -38,6 +38,7 @@ TABLE_GRANTS: dict[str, tuple[str, ...]] = {
     "late_key_sweep": ("SELECT", "UPDATE"),
     "late_key_candidates": ("SELECT", "INSERT", "DELETE"),
     "revocation_outbox": ("SELECT", "INSERT", "DELETE"),
+    "revocation_outbox_batches": ("SELECT", "INSERT", "DELETE"),
     "schema_migrations": ("SELECT",),
 }
 COLUMN_GRANTS = {

@@ -94,7 +94,16 @@ SELECT e.source, e.event_id, e.account_id, e.iam_id, e.change, e.event_time, e.a
 FROM membership_events AS e
 JOIN unnest($1::text[], $2::text[]) AS t(source, event_id) USING (source, event_id)
 """
-_OUTBOX = "SELECT key_id, created_at FROM revocation_outbox WHERE key_id = ANY($1::text[])"
+# Notices waiting: in this version's rows (one per revoking statement), and in the previous
+# version's (one per key) until the relay has folded them in. Neither is indexed by key: the
+# outbox is kept short by the relay, and `explain` reads it only for the member's keys.
+_OUTBOX = """
+SELECT n.key_id, o.created_at
+FROM revocation_outbox_batches AS o, unnest(o.key_ids) AS n (key_id)
+WHERE o.key_ids && $1::text[] AND n.key_id = ANY($1::text[])
+UNION ALL
+SELECT key_id, created_at FROM revocation_outbox WHERE key_id = ANY($1::text[])
+"""
 _CANDIDATES = "SELECT key_id, noted_at FROM late_key_candidates WHERE key_id = ANY($1::text[])"
 _SWEEP = "SELECT horizon, r6_blocked_since, r6_waiting FROM late_key_sweep"
 _RUNS = "SELECT run_id, mode, status, started_at FROM backfill_runs WHERE run_id = ANY($1::uuid[])"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from cleanup_worker.adapters.postgres.key_table import AUDIT_TABLE, KeyTable
+from cleanup_worker.adapters.postgres.outbox import OUTBOX_ROW_NOTICES
 
 __all__ = [
     "MembershipSource",
@@ -33,12 +34,16 @@ class MembershipSource(StrEnum):
     FILE = "pg_temp.backfill_memberships"  # a session TEMP table, same columns
 
 
-# One outbox row per key in `revoked` (which returns `KeyTable.returning`).
-_ANNOUNCE = """, announced AS (
-    INSERT INTO revocation_outbox
-        (key_id, account_id, iam_id, reason, revoked_at, revoked_by, event_time)
-    SELECT id, account_id, iam_id, revocation_reason, revoked_at, revoked_by, event_time
-    FROM revoked
+# The notices of the keys in `revoked` (which returns `KeyTable.returning`): one outbox row of
+# parallel arrays per 500 keys (OUTBOX_ROW_NOTICES), none when nothing was revoked. Each
+# row's arrays come from one aggregation over the same rows, so their elements line up.
+_ANNOUNCE = f""", announced AS (
+    INSERT INTO revocation_outbox_batches
+        (key_ids, account_ids, iam_ids, reasons, revoked_ats, revoked_bys, event_times)
+    SELECT array_agg(id), array_agg(account_id), array_agg(iam_id), array_agg(revocation_reason),
+           array_agg(revoked_at), array_agg(revoked_by), array_agg(event_time)
+    FROM (SELECT *, (row_number() OVER () - 1) / {OUTBOX_ROW_NOTICES} AS part FROM revoked) AS r
+    GROUP BY part
 )"""
 
 # Where the key table has no column for them, when, why and by whom a key was revoked go to
