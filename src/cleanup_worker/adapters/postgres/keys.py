@@ -1,9 +1,9 @@
 """SQL that revokes API keys. Every revocation in the product goes through this module: R1
 and R5 here, the R1 re-check and R6 from sweep_revocations.py (re-exported here).
 
-With notices on (CLEANUP_REVOCATIONS_TOPIC), each revoking statement also writes one
-`revocation_outbox` row per key it revoked, from its own RETURNING: the same statement, so
-the same transaction, and no statement per key ("Revocation notices", docs/design.md).
+With notices on (CLEANUP_REVOCATIONS_TOPIC), each revoking statement also writes the notices
+of the keys it revoked to the outbox, from its own RETURNING: one row per 500 keys, in the same
+statement, so the same transaction ("Revocation notices", docs/design.md).
 Without, the statements are the plain ones: no outbox, no cost.
 
 Each statement is built for the key table (key_table.py: our api_keys, or a mapped table of
