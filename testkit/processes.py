@@ -74,6 +74,10 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CLEANUP_LOG_FORMAT": "json",
         "CLEANUP_RETRY_MAX_WAIT_S": str(settings.retry_max_wait_s),
     }
+    if "PYTHONPATH" in os.environ:
+        # A benchmark of another tree's sources (PYTHONPATH=<tree>/src) runs that tree's
+        # worker too, not the installed one.
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if settings.revocations_topic:
         env["CLEANUP_REVOCATIONS_TOPIC"] = settings.revocations_topic
     for name in ("late_keys", "late_key_settle_s", "late_key_sweep_interval_s"):
