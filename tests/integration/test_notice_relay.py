@@ -29,14 +29,16 @@ async def write_outbox(db: Any, notices: int) -> set[uuid.UUID]:
         ids = [str(key) for key in keys[start : start + PER_ROW]]
         n = len(ids)
         await db.execute(
-            "INSERT INTO revocation_outbox_batches (key_ids, account_ids, iam_ids, reasons, "
-            "revoked_ats, revoked_bys, event_times) VALUES ($1, $2, $3, $4, $5, $6, $5)",
+            "INSERT INTO revocation_outbox_batches (notices, key_ids, account_ids, iam_ids, "
+            "reasons, revoked_ats, revoked_bys, event_times) "
+            "VALUES ($7, $1, $2, $3, $4, $5, $6, $5)",
             ids,
             ["acct"] * n,
             ["u1"] * n,
             ["member_removed"] * n,
             [at(0)] * n,
             ["test"] * n,
+            n,
         )
     return set(keys)
 

@@ -33,8 +33,8 @@ async def write_rows(db: Any, sizes: list[int]) -> None:
     """Outbox rows of the given numbers of notices, oldest first."""
     for n in sizes:
         await db.execute(
-            "INSERT INTO revocation_outbox_batches (key_ids, account_ids, iam_ids, reasons, "
-            "revoked_ats, revoked_bys, event_times) SELECT array_agg(i::text), "
+            "INSERT INTO revocation_outbox_batches (notices, key_ids, account_ids, iam_ids, "
+            "reasons, revoked_ats, revoked_bys, event_times) SELECT $1, array_agg(i::text), "
             "array_agg('a'::text), array_agg('u'::text), array_agg('orphaned'::text), "
             "array_agg($2::timestamptz), array_agg('test'::text), array_agg($2::timestamptz) "
             "FROM generate_series(1, $1::int) AS i",

@@ -39,9 +39,10 @@ class MembershipSource(StrEnum):
 # row's arrays come from one aggregation over the same rows, so their elements line up.
 _ANNOUNCE = f""", announced AS (
     INSERT INTO revocation_outbox_batches
-        (key_ids, account_ids, iam_ids, reasons, revoked_ats, revoked_bys, event_times)
-    SELECT array_agg(id), array_agg(account_id), array_agg(iam_id), array_agg(revocation_reason),
-           array_agg(revoked_at), array_agg(revoked_by), array_agg(event_time)
+        (notices, key_ids, account_ids, iam_ids, reasons, revoked_ats, revoked_bys, event_times)
+    SELECT count(*), array_agg(id), array_agg(account_id), array_agg(iam_id),
+           array_agg(revocation_reason), array_agg(revoked_at), array_agg(revoked_by),
+           array_agg(event_time)
     FROM (SELECT *, (row_number() OVER () - 1) / {OUTBOX_ROW_NOTICES} AS part FROM revoked) AS r
     GROUP BY part
 )"""

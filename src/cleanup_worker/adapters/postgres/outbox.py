@@ -46,7 +46,7 @@ class Claim:
 _CLAIM = """
 SELECT id, key_ids, account_ids, iam_ids, reasons, revoked_ats, revoked_bys, event_times
 FROM (
-    SELECT *, sum(cardinality(key_ids)) OVER (ORDER BY id) - cardinality(key_ids) AS before
+    SELECT *, sum(notices) OVER (ORDER BY id) - notices AS before
     FROM (
         SELECT * FROM revocation_outbox_batches ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
     ) AS locked
@@ -71,21 +71,21 @@ WITH moved AS (
     RETURNING *
 ), folded AS (
     INSERT INTO revocation_outbox_batches
-        (key_ids, account_ids, iam_ids, reasons, revoked_ats, revoked_bys, event_times,
-         created_at)
-    SELECT array_agg(key_id ORDER BY id), array_agg(account_id ORDER BY id),
+        (notices, key_ids, account_ids, iam_ids, reasons, revoked_ats, revoked_bys,
+         event_times, created_at)
+    SELECT count(*), array_agg(key_id ORDER BY id), array_agg(account_id ORDER BY id),
            array_agg(iam_id ORDER BY id), array_agg(reason ORDER BY id),
            array_agg(revoked_at ORDER BY id), array_agg(revoked_by ORDER BY id),
            array_agg(event_time ORDER BY id), min(created_at)
     FROM moved
     HAVING count(*) > 0
-    RETURNING cardinality(key_ids) AS notices
+    RETURNING notices
 )
 SELECT coalesce(sum(notices), 0) FROM folded
 """
 
 _BACKLOG = """
-SELECT coalesce(sum(cardinality(key_ids)), 0) + (SELECT count(*) FROM revocation_outbox)
+SELECT coalesce(sum(notices), 0) + (SELECT count(*) FROM revocation_outbox)
            AS notices,
        least(min(created_at), (SELECT min(created_at) FROM revocation_outbox)) AS oldest
 FROM revocation_outbox_batches
