@@ -2,8 +2,8 @@
 -- docs/revocations.md): the notices of the keys one statement revoked, as parallel arrays
 -- (at most 500 a row), written in the same transaction as the revocation and deleted by the
 -- relay once the broker acknowledged every notice of the row. A row per key cost PostgreSQL a
--- heap tuple and an index entry per key to insert and as many to delete: with notices on, the
--- consumer's throughput fell to 80-89 % of the same run without (docs/performance.md).
+-- heap tuple and an index entry per key to insert and as many to delete, and 290 bytes of WAL
+-- a key beside the revocation's own (docs/performance.md).
 CREATE TABLE IF NOT EXISTS revocation_outbox_batches (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- How many notices the row holds, so that the relay's claim and the backlog gauge need
