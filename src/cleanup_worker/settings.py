@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     )
 
     database_url: SecretStr = Field(description="PostgreSQL DSN (postgresql://user:pw@host/db)")
-    database_pool_size: int = Field(default=4, ge=1, le=100)
+    database_pool_size: int = Field(default=5, ge=2, le=100)
     database_connect_timeout_s: float = Field(default=60.0, gt=0)
     database_statement_timeout_ms: int = Field(default=30_000, ge=100)
 
@@ -100,7 +100,9 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=100, ge=0, le=60_000)
     batch_gather_ms: int = Field(default=5, ge=0, le=1_000)
-    batches_in_flight: int = Field(default=3, ge=1, le=16)
+    # Unset: one fewer than the pool (`in_flight`). Four batches side by side kept the database
+    # busy where three left it idle between a batch's round trips (docs/performance.md).
+    batches_in_flight: int | None = Field(default=None, ge=1, le=16)
     shutdown_grace_s: float = Field(default=25.0, gt=0)
     rebalance_drain_s: float = Field(default=10.0, gt=0)
     liveness_timeout_s: float = Field(default=60.0, gt=0)
@@ -161,7 +163,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
-        if self.batches_in_flight >= self.database_pool_size:
+        if self.batches_in_flight is not None and self.batches_in_flight >= self.database_pool_size:
             # One connection stays free, so /readyz can still ask the database.
             raise ValueError("batches_in_flight must be smaller than database_pool_size")
         if set(self.event_types_added) & set(self.event_types_removed):
@@ -196,6 +198,13 @@ class Settings(BaseSettings):
             raise ValueError("cdc_state_column: required with cdc_removed_states")
         if self.cdc_account_column == self.cdc_user_column:
             raise ValueError("cdc_account_column and cdc_user_column name the same column")
+
+    @property
+    def in_flight(self) -> int:
+        """Batches applied at once: the setting, or one fewer than the pool (at most 16)."""
+        if self.batches_in_flight is not None:
+            return self.batches_in_flight
+        return min(self.database_pool_size - 1, 16)
 
     @property
     def consumed_topics(self) -> list[str]:

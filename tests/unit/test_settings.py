@@ -38,6 +38,25 @@ def test_defaults_follow_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.event_types.removed == frozenset({"account.member.removed"})
 
 
+@pytest.mark.parametrize(
+    ("env", "in_flight"),
+    [
+        ({}, 4),
+        ({"CLEANUP_DATABASE_POOL_SIZE": "4"}, 3),
+        ({"CLEANUP_DATABASE_POOL_SIZE": "40"}, 16),
+        ({"CLEANUP_DATABASE_POOL_SIZE": "8", "CLEANUP_BATCHES_IN_FLIGHT": "2"}, 2),
+    ],
+)
+def test_batches_in_flight_default_to_one_fewer_than_the_pool(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], in_flight: int
+) -> None:
+    """Unset, the batches in flight are the pool less the connection kept for /readyz."""
+    monkeypatch.setenv("CLEANUP_DATABASE_URL", DB)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().in_flight == in_flight
+
+
 def test_type_names_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Producers' own type names can be listed, comma-separated."""
     monkeypatch.setenv("CLEANUP_DATABASE_URL", DB)
@@ -70,6 +89,14 @@ def test_type_names_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
             "cdc_topics",
         ),
         ({"CLEANUP_DATABASE_URL": DB, "CLEANUP_CDC_TIME_COLUMN": ""}, "CLEANUP_CDC_TIME_COLUMN"),
+        (
+            {"CLEANUP_DATABASE_URL": DB, "CLEANUP_BATCHES_IN_FLIGHT": "5"},
+            "batches_in_flight must be smaller than database_pool_size",
+        ),
+        (
+            {"CLEANUP_DATABASE_URL": DB, "CLEANUP_DATABASE_POOL_SIZE": "1"},
+            "CLEANUP_DATABASE_POOL_SIZE",
+        ),
     ],
 )
 def test_bad_setting_is_named(

@@ -186,7 +186,7 @@ async def build_consumer(
         topics=settings.consumed_topics,
         max_records=settings.batch_max_records,
         wait_ms=settings.batch_wait_ms,
-        max_in_flight=settings.batches_in_flight,
+        max_in_flight=settings.in_flight,
         rebalance_drain_s=settings.rebalance_drain_s,
         retry_max_wait_s=settings.retry_max_wait_s,
         new_consumer=partial(kafka.group_consumer, settings),
