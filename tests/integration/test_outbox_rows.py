@@ -135,3 +135,21 @@ async def test_rows_of_the_previous_version_are_folded_in_order(db: Any, pool: A
     assert {(n.account_id, n.reason, n.revoked_by) for n in claimed.notices} == {
         ("acct", "orphaned", "backfill:old")
     }
+
+
+async def test_the_arrays_are_stored_out_of_line_uncompressed(db: Any) -> None:
+    """A row's arrays are never compressed (migration 0015): pglz cost the revocation's own
+    transaction CPU for rows that live only until the relay has published them."""
+    storage = await db.fetch(
+        "SELECT attname, attstorage::text FROM pg_attribute "
+        "WHERE attrelid = 'revocation_outbox_batches'::regclass AND attname LIKE '%s'"
+    )
+    assert {row["attname"]: row["attstorage"] for row in storage} == dict.fromkeys(
+        ("key_ids", "account_ids", "iam_ids", "reasons", "revoked_ats", "revoked_bys"), "e"
+    ) | {"event_times": "e", "notices": "p"}
+    await write_rows(db, [500])
+    compressed = await db.fetchrow(
+        "SELECT pg_column_compression(key_ids) AS ids, pg_column_compression(reasons) AS reasons "
+        "FROM revocation_outbox_batches"
+    )
+    assert (compressed["ids"], compressed["reasons"]) == (None, None)
